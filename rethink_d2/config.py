@@ -1,0 +1,84 @@
+"""Config keys of rethink-d2, all under the ``RETHINK`` sub-node.
+
+``add_rethink_config(cfg)`` only *adds* keys to the ``cfg`` it is given: Detectron2's global
+default config (``detectron2.config.get_cfg()``) is never modified.
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_rethink_config(cfg):
+    """
+    Add the ``RETHINK`` sub-node (and its defaults) to a Detectron2 config.
+
+    Args:
+        cfg (CfgNode): a config returned by ``detectron2.config.get_cfg()``; modified in place.
+
+    Returns:
+        CfgNode: the same ``cfg``, for chaining.
+    """
+    _C = cfg
+    _C.RETHINK = CN()
+    # Normalization of the whole detector (backbone, FPN, box head, mask head, keypoint head):
+    # "GN", "SyncBN", "BN", or "" to leave Detectron2's per-module NORM keys as written.
+    _C.RETHINK.NORM = "GN"
+    # Number of groups of GroupNorm (Wu & He use 32); channels must be divisible by it.
+    _C.RETHINK.GN_GROUPS = 32
+    # Train from random initialization: nothing loaded, nothing frozen.
+    _C.RETHINK.SCRATCH = True
+    # Refuse settings that silently defeat scratch training (MODEL.WEIGHTS, FREEZE_AT, FrozenBN).
+    _C.RETHINK.SCRATCH_GUARD = True
+    # Zero-init the last norm's gamma in each residual block (hurts GN from scratch: off).
+    _C.RETHINK.ZERO_INIT_RESIDUAL = False
+    # Weight Standardization (Qiao et al.) on the backbone convs.
+    _C.RETHINK.WEIGHT_STANDARDIZATION = False
+    # Layout of the pre-trained weights: "auto" (from MODEL.WEIGHTS), "detectron" or
+    # "torchvision"; sets pixel mean/std, INPUT.FORMAT and STRIDE_IN_1X1 to match them.
+    _C.RETHINK.PRETRAINED_FORMAT = "auto"
+
+    # ---- schedule (see rethink_d2/solver/schedule.py) ----
+    _C.RETHINK.SCHEDULE = CN()
+    # "" keeps SOLVER as written; "6x" / "4.5x" (multiples of BASE_ITER), "220kit" (iterations
+    # at REFERENCE_BATCH), "24ep" (epochs), "3.52Mimg" (images seen).
+    _C.RETHINK.SCHEDULE.SPEC = ""
+    # "tail": LR drops in the last TAILS iterations (the paper); "proportional": at FRACTIONS.
+    _C.RETHINK.SCHEDULE.MODE = "tail"
+    # Length of the 1x schedule, in iterations at REFERENCE_BATCH images per iteration.
+    _C.RETHINK.SCHEDULE.BASE_ITER = 90000
+    # Batch size the schedule and BASE_LR are written for (8 GPUs x 2 images).
+    _C.RETHINK.SCHEDULE.REFERENCE_BATCH = 16
+    # LR is divided by 1/GAMMA at the last 60k and the last 20k iterations (at REFERENCE_BATCH).
+    _C.RETHINK.SCHEDULE.TAILS = (60000, 20000)
+    # Step positions as fractions of the length, for MODE "proportional" (Detectron2's 1x).
+    _C.RETHINK.SCHEDULE.FRACTIONS = (2.0 / 3.0, 8.0 / 9.0)
+    # LR decay factor at each step (the paper's 35k-image runs use 0.02).
+    _C.RETHINK.SCHEDULE.GAMMA = 0.1
+    # LR at REFERENCE_BATCH; scaled linearly to SOLVER.IMS_PER_BATCH.
+    _C.RETHINK.SCHEDULE.BASE_LR = 0.02
+    # Evaluation / checkpoint periods in iterations at REFERENCE_BATCH (0: keep as written).
+    _C.RETHINK.SCHEDULE.EVAL_PERIOD = 0
+    _C.RETHINK.SCHEDULE.CHECKPOINT_PERIOD = 0
+    # Training images per epoch for "ep" specs (0: infer from an "@N" subset name).
+    _C.RETHINK.SCHEDULE.DATASET_IMAGES = 0
+
+    # ---- data subsets (see rethink_d2/data/subsets.py) ----
+    _C.RETHINK.DATA = CN()
+    # Seed of the subset draw; independent of the run's SEED.
+    _C.RETHINK.DATA.SUBSET_SEED = 0
+    # A subset manifest (JSON written by an earlier run) to reuse an exact subset.
+    _C.RETHINK.DATA.SUBSET_MANIFEST = ""
+    # Sampler-level subset ("10k", "0.1") for DATALOADER.SAMPLER_TRAIN "SubsetTrainingSampler".
+    _C.RETHINK.DATA.SAMPLER_SUBSET = ""
+
+    # ---- engine (see rethink_d2/engine) ----
+    # Resume automatically when OUTPUT_DIR already holds a checkpoint of this run.
+    _C.RETHINK.AUTO_RESUME = True
+    # Periodic checkpoints to keep (older ones are deleted; model_final is always kept).
+    _C.RETHINK.CHECKPOINTS_TO_KEEP = 3
+    # Log cumulative images / instances / pixels seen (the paper's Figure 2 axes).
+    _C.RETHINK.LOG_DATA_SEEN = True
+    # Draw loss and AP vs iteration into OUTPUT_DIR/learning_curve.png at the end of training.
+    _C.RETHINK.PLOT_LEARNING_CURVE = True
+
+    # Set by rethink_d2.resolve_config once the keys above have been turned into Detectron2's.
+    _C.RETHINK.RESOLVED = False
+    return cfg

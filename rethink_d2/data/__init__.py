@@ -1,0 +1,14 @@
+"""Datasets (built-in shapes, lazy COCO subsets), training samplers and the train loader."""
+# built-in demo dataset: registers rethink_shapes_train / rethink_shapes_val
+from . import shapes  # noqa: F401
+
+# subsets: "<dataset>@<size>" names, manifests
+from .subsets import register_subset_datasets
+
+# samplers: a registry instead of Detectron2's if/elif
+from .samplers import SAMPLER_REGISTRY, build_train_sampler
+
+# the train loader used by rethink_d2.engine.Trainer
+from .build import build_train_loader
+
+__all__ = ["register_subset_datasets", "SAMPLER_REGISTRY", "build_train_sampler", "build_train_loader"]

@@ -1,0 +1,1 @@
+"""Scratch backbones, whole-detector normalization, init and the scratch guard."""
