@@ -21,7 +21,7 @@ def add_rethink_config(cfg):
     # Normalization of the whole detector (backbone, FPN, box head, mask head, keypoint head):
     # "GN", "SyncBN", "BN", or "" to leave Detectron2's per-module NORM keys as written.
     _C.RETHINK.NORM = "GN"
-    # Number of groups of GroupNorm (Wu & He use 32); channels must be divisible by it.
+    # Groups of every GroupNorm (Wu & He use 32); GN widths must be multiples of it and of 32.
     _C.RETHINK.GN_GROUPS = 32
     # Train from random initialization: nothing loaded, nothing frozen.
     _C.RETHINK.SCRATCH = True
@@ -29,10 +29,11 @@ def add_rethink_config(cfg):
     _C.RETHINK.SCRATCH_GUARD = True
     # Zero-init the last norm's gamma in each residual block (hurts GN from scratch: off).
     _C.RETHINK.ZERO_INIT_RESIDUAL = False
-    # Weight Standardization (Qiao et al.) on the backbone convs.
+    # Weight Standardization (Qiao et al.) on the ResNet convs (GN+WS); FPN and heads unchanged.
     _C.RETHINK.WEIGHT_STANDARDIZATION = False
-    # Layout of the pre-trained weights: "auto" (from MODEL.WEIGHTS), "detectron" or
-    # "torchvision"; sets pixel mean/std, INPUT.FORMAT and STRIDE_IN_1X1 to match them.
+    # Weights the input settings (pixel mean/std, INPUT.FORMAT, STRIDE_IN_1X1) must match: "auto"
+    # (from MODEL.WEIGHTS; "scratch" when it is ""), "scratch", "msra", "fair_caffe2", "fair",
+    # "torchvision", or "" to keep them as written (see rethink_d2/modeling/pretrained.py).
     _C.RETHINK.PRETRAINED_FORMAT = "auto"
 
     # ---- schedule (see rethink_d2/solver/schedule.py) ----
@@ -46,7 +47,7 @@ def add_rethink_config(cfg):
     _C.RETHINK.SCHEDULE.BASE_ITER = 90000
     # Batch size the schedule and BASE_LR are written for (8 GPUs x 2 images).
     _C.RETHINK.SCHEDULE.REFERENCE_BATCH = 16
-    # LR is divided by 1/GAMMA at the last 60k and the last 20k iterations (at REFERENCE_BATCH).
+    # LR is multiplied by GAMMA at the last 60k and the last 20k iterations (at REFERENCE_BATCH).
     _C.RETHINK.SCHEDULE.TAILS = (60000, 20000)
     # Step positions as fractions of the length, for MODE "proportional" (Detectron2's 1x).
     _C.RETHINK.SCHEDULE.FRACTIONS = (2.0 / 3.0, 8.0 / 9.0)
@@ -54,10 +55,14 @@ def add_rethink_config(cfg):
     _C.RETHINK.SCHEDULE.GAMMA = 0.1
     # LR at REFERENCE_BATCH; scaled linearly to SOLVER.IMS_PER_BATCH.
     _C.RETHINK.SCHEDULE.BASE_LR = 0.02
-    # Evaluation / checkpoint periods in iterations at REFERENCE_BATCH (0: keep as written).
+    # Warm-up in iterations at REFERENCE_BATCH, scaled like the schedule; 0 keeps
+    # SOLVER.WARMUP_ITERS as written (Detectron2's 9x batch-64 config keeps 1000).
+    _C.RETHINK.SCHEDULE.WARMUP_ITERS = 0
+    # TEST.EVAL_PERIOD in iterations at REFERENCE_BATCH, scaled (0: keep as written).
     _C.RETHINK.SCHEDULE.EVAL_PERIOD = 0
+    # SOLVER.CHECKPOINT_PERIOD in iterations at REFERENCE_BATCH, scaled (0: keep as written).
     _C.RETHINK.SCHEDULE.CHECKPOINT_PERIOD = 0
-    # Training images per epoch for "ep" specs (0: infer from an "@N" subset name).
+    # Training images per epoch for "ep" specs (0: infer from "@10k"-style subset names).
     _C.RETHINK.SCHEDULE.DATASET_IMAGES = 0
 
     # ---- data subsets (see rethink_d2/data/subsets.py) ----
@@ -68,6 +73,8 @@ def add_rethink_config(cfg):
     _C.RETHINK.DATA.SUBSET_MANIFEST = ""
     # Sampler-level subset ("10k", "0.1") for DATALOADER.SAMPLER_TRAIN "SubsetTrainingSampler".
     _C.RETHINK.DATA.SAMPLER_SUBSET = ""
+    # Cache of subset COCO JSONs ("": $RETHINK_D2_CACHE/subsets, else ~/.cache/rethink_d2/subsets).
+    _C.RETHINK.DATA.SUBSET_CACHE_DIR = ""
 
     # ---- engine (see rethink_d2/engine) ----
     # Resume automatically when OUTPUT_DIR already holds a checkpoint of this run.
@@ -78,7 +85,4 @@ def add_rethink_config(cfg):
     _C.RETHINK.LOG_DATA_SEEN = True
     # Draw loss and AP vs iteration into OUTPUT_DIR/learning_curve.png at the end of training.
     _C.RETHINK.PLOT_LEARNING_CURVE = True
-
-    # Set by rethink_d2.resolve_config once the keys above have been turned into Detectron2's.
-    _C.RETHINK.RESOLVED = False
     return cfg

@@ -7,11 +7,14 @@ the ``config.yaml`` a run dumps and in ``tools/train_net.py --print-config``.
 """
 import logging
 
+from detectron2.data import DatasetCatalog
+
 from .data.subsets import register_subset_datasets
 from .modeling.norms import apply_norm_config
 from .modeling.pretrained import apply_pretrained_format
 from .modeling.scratch import check_scratch_config
 from .solver.schedule import resolve_schedule
+from .utils.errors import DatasetError
 
 logger = logging.getLogger(__name__)
 
@@ -26,14 +29,12 @@ def resolve_config(cfg, world_size=None):
             ``detectron2.utils.comm``. It decides which SyncBN implementation is used.
 
     Returns:
-        CfgNode: a new, resolved config (``cfg`` itself is not modified). Resolving twice is a
-        no-op: ``RETHINK.RESOLVED`` records that it ran.
+        CfgNode: a new, resolved config (``cfg`` itself is not modified). Resolving is
+        idempotent: a run's dumped ``config.yaml`` resolves to itself.
 
     Raises:
         ConfigError / DatasetError: with one line that names the key to change.
     """
-    if cfg.RETHINK.get("RESOLVED", False):
-        return cfg
     cfg = cfg.clone()
     cfg.defrost()
     cfg = apply_pretrained_format(cfg)
@@ -41,5 +42,26 @@ def resolve_config(cfg, world_size=None):
     check_scratch_config(cfg)
     cfg = resolve_schedule(cfg)
     register_subset_datasets(cfg)
-    cfg.RETHINK.RESOLVED = True
+    check_datasets_registered(cfg)
     return cfg
+
+
+def check_datasets_registered(cfg):
+    """
+    Raise a one-line DatasetError when DATASETS.TRAIN/TEST names an unregistered dataset.
+
+    Detectron2 would raise a KeyError listing every registered name, only once the data loader
+    is built (after the model); this fails before anything is built.
+
+    Args:
+        cfg (CfgNode): config whose subset names are already registered.
+    """
+    registered = set(DatasetCatalog.list())
+    for split in ("TRAIN", "TEST"):
+        for name in cfg.DATASETS[split]:
+            if name not in registered:
+                raise DatasetError(
+                    f"DATASETS.{split} names {name!r}, which is not a registered dataset: fix the "
+                    f"name (e.g. coco_2017_train, coco_2017_train@10k, rethink_shapes_train) or "
+                    f"register it with detectron2.data.DatasetCatalog.register before training"
+                )

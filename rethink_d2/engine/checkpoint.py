@@ -1,0 +1,308 @@
+"""Crash-safe checkpoints: atomic files, an atomic ``last_checkpoint`` tag, rotation on disk.
+
+A process killed at any moment (SIGKILL included, during a save too) leaves ``OUTPUT_DIR`` in a
+resumable state:
+
+* every file is written to a hidden temp file in the same directory, flushed, ``fsync``-ed and
+  renamed over its final name (``os.replace`` is atomic on POSIX), then the directory is
+  ``fsync``-ed: a reader sees the old file or the complete new one, never a prefix;
+* ``last_checkpoint`` is rewritten the same way, and only after the checkpoint it names is
+  complete;
+* old periodic checkpoints (``model_NNNNNNN.pth``) are deleted only after the new one is tagged,
+  keeping the newest ``max_to_keep`` (``RETHINK.CHECKPOINTS_TO_KEEP``) on disk, across resumes
+  (Detectron2's ``PeriodicCheckpointer`` only remembers the files of the current process);
+* leftover temp files of a killed save are ignored (they do not end in ``.pth``) and removed by
+  the next save;
+* when ``last_checkpoint`` names a missing or unreadable file, resuming falls back to the newest
+  readable checkpoint with a warning, or stops with a :class:`TrainingError` if there is none.
+"""
+import contextlib
+import logging
+import os
+import pickle
+import re
+import secrets
+import zipfile
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
+from ..modeling.pretrained import maybe_convert_torchvision_checkpoint
+from ..utils.errors import TrainingError
+
+__all__ = ["CHECKPOINT_TAG", "Checkpointer", "UnreadableCheckpointError", "atomic_write"]
+
+logger = logging.getLogger(__name__)
+
+# Name of the file that names the checkpoint to resume from (Detectron2's convention).
+CHECKPOINT_TAG = "last_checkpoint"
+_TEMP_SUFFIX = ".tmp"
+# ".<final name>.<pid>.<random hex>.tmp", hidden and never ending in ".pth"
+_TEMP_RE = re.compile(r"^\..+\.\d+\.[0-9a-f]+\.tmp$")
+
+
+class UnreadableCheckpointError(TrainingError):
+    """A checkpoint file exists but cannot be read (truncated, corrupt, not a checkpoint)."""
+
+
+def _fsync_dir(directory):
+    """Persist a rename in ``directory``; a no-op where directories cannot be fsync-ed."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write(path, write, binary=True):
+    """
+    Write ``path`` so that it is at all times either absent/old or complete and new.
+
+    Args:
+        path (str): final file name (a local path).
+        write (callable): ``write(f)`` writes the content to the open file object ``f``.
+        binary (bool): open the temp file in binary mode.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    temp = os.path.join(
+        directory,
+        f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}{_TEMP_SUFFIX}",
+    )
+    # os.open (not mkstemp) so that the file gets the usual umask permissions, not 0600.
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temp)
+        raise
+    _fsync_dir(directory)
+
+
+def _is_complete(path):
+    """Cheap check that ``path`` is a whole file: torch.save's zip ends with its directory."""
+    if not os.path.isfile(path) or os.path.getsize(path) == 0:
+        return False
+    return zipfile.is_zipfile(path) if path.endswith(".pth") else True
+
+
+class Checkpointer(DetectionCheckpointer):
+    """
+    ``DetectionCheckpointer`` with atomic saves, on-disk rotation and a fallback on resume.
+
+    See the module docstring. Loading also renames torchvision ResNet state dicts for Detectron2
+    (:func:`rethink_d2.modeling.pretrained.maybe_convert_torchvision_checkpoint`).
+
+    Args:
+        model (nn.Module): model (DDP wrappers are unwrapped).
+        save_dir (str): directory of the checkpoints (``OUTPUT_DIR``).
+        max_to_keep (int or None): periodic checkpoints (``<file_prefix>_NNNNNNN.pth``) to keep
+            on disk; None or <= 0 keeps all. ``<file_prefix>_final.pth`` is never deleted.
+        file_prefix (str): prefix of the periodic checkpoints (Detectron2's "model").
+        save_to_disk (bool or None): default: only on the main process.
+        checkpointables: objects with ``state_dict()`` / ``load_state_dict()``.
+    """
+
+    def __init__(
+        self,
+        model,
+        save_dir="",
+        *,
+        max_to_keep=None,
+        file_prefix="model",
+        save_to_disk=None,
+        **checkpointables,
+    ):
+        super().__init__(model, save_dir, save_to_disk=save_to_disk, **checkpointables)
+        self.max_to_keep = max_to_keep if max_to_keep and max_to_keep > 0 else None
+        self._periodic_re = re.compile(rf"^{re.escape(file_prefix)}_(\d{{7}})\.pth$")
+
+    # ---- saving ----
+    def save(self, name, **kwargs):
+        """
+        Atomically write ``<save_dir>/<name>.pth``, then tag it, then rotate old checkpoints.
+
+        Args:
+            name (str): file name without ``.pth``, e.g. ``model_0004999``.
+            kwargs: extra data stored in the checkpoint (e.g. ``iteration``).
+        """
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        assert os.path.basename(save_file) == basename, basename
+        os.makedirs(self.save_dir, exist_ok=True)
+        self._remove_temp_files()
+        self.logger.info("Saving checkpoint to %s", save_file)
+        atomic_write(save_file, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+        self._rotate(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename):
+        """
+        Atomically point ``last_checkpoint`` at a complete file.
+
+        Args:
+            last_filename_basename (str): basename of a checkpoint in ``save_dir``.
+        """
+        atomic_write(
+            os.path.join(self.save_dir, CHECKPOINT_TAG),
+            lambda f: f.write(last_filename_basename),
+            binary=False,
+        )
+
+    def _remove_temp_files(self):
+        """Delete temp files left by a save that was killed (one writer per directory)."""
+        for name in os.listdir(self.save_dir):
+            if _TEMP_RE.match(name):
+                with contextlib.suppress(OSError):
+                    os.remove(os.path.join(self.save_dir, name))
+                    logger.info("Removed %s, left by an interrupted save", name)
+
+    def _rotate(self, saved_basename):
+        """Keep the newest ``max_to_keep`` periodic checkpoints; never the tagged one."""
+        if self.max_to_keep is None or not self._periodic_re.match(saved_basename):
+            return
+        periodic = sorted(
+            (int(m.group(1)), name)
+            for name in os.listdir(self.save_dir)
+            for m in [self._periodic_re.match(name)]
+            if m
+        )
+        for _, name in periodic[: -self.max_to_keep]:
+            if name != saved_basename:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(self.save_dir, name))
+                logger.debug("Deleted old checkpoint %s (keeping %d)", name, self.max_to_keep)
+
+    # ---- finding ----
+    def _tagged_file(self):
+        """Path named by ``last_checkpoint`` (complete or not), or "" when there is no tag."""
+        try:
+            with open(os.path.join(self.save_dir, CHECKPOINT_TAG)) as f:
+                name = f.read().strip()
+        except OSError:
+            return ""
+        return os.path.join(self.save_dir, name) if name else ""
+
+    def _complete_files_newest_first(self, exclude=()):
+        files = [p for p in self.get_all_checkpoint_files() if p not in exclude and _is_complete(p)]
+        return sorted(files, key=lambda p: (os.path.getmtime(p), p), reverse=True)
+
+    def get_all_checkpoint_files(self):
+        """
+        Returns:
+            list[str]: the ``.pth`` files of ``save_dir`` (temp files of killed saves excluded).
+        """
+        if not os.path.isdir(self.save_dir):
+            return []
+        return [
+            os.path.join(self.save_dir, name)
+            for name in os.listdir(self.save_dir)
+            if name.endswith(".pth") and os.path.isfile(os.path.join(self.save_dir, name))
+        ]
+
+    def _resume_candidates(self):
+        """
+        Files to try, in order: the tagged one if complete, then every other complete checkpoint,
+        newest first. Empty when there is no tag (a directory without ``last_checkpoint`` holds no
+        run to resume, whatever ``.pth`` files it contains).
+        """
+        tagged = self._tagged_file()
+        if not tagged:
+            return []
+        if _is_complete(tagged):
+            return [tagged] + self._complete_files_newest_first(exclude={tagged})
+        others = self._complete_files_newest_first(exclude={tagged})
+        if not others:
+            raise TrainingError(
+                f"{os.path.join(self.save_dir, CHECKPOINT_TAG)} names {tagged}, which is missing "
+                f"or truncated, and no other checkpoint in {self.save_dir} is complete: delete "
+                f"{CHECKPOINT_TAG} to start over, or set OUTPUT_DIR to a new directory"
+            )
+        logger.warning(
+            "%s names %s, which is missing or truncated; falling back to %s",
+            CHECKPOINT_TAG,
+            tagged,
+            others[0],
+        )
+        return others
+
+    def has_checkpoint(self):
+        """
+        Returns:
+            bool: whether ``save_dir`` holds a run to resume (a tag and a complete checkpoint).
+        """
+        return bool(self._resume_candidates())
+
+    def get_checkpoint_file(self):
+        """
+        Returns:
+            str: the checkpoint to resume from: the tagged one, or the newest complete one when
+            the tagged file is missing or truncated; "" when there is none.
+        """
+        candidates = self._resume_candidates()
+        return candidates[0] if candidates else ""
+
+    # ---- loading ----
+    def resume_or_load(self, path, *, resume=True):
+        """
+        Resume from the last checkpoint (falling back past unreadable ones), else load ``path``.
+
+        Args:
+            path (str): weights to load when not resuming (``MODEL.WEIGHTS``), may be "".
+            resume (bool): resume the run in ``save_dir`` if it holds one.
+
+        Returns:
+            dict: the checkpoint's extra data (e.g. ``iteration``), as ``Checkpointer.load``.
+
+        Raises:
+            TrainingError: no checkpoint of the run can be read.
+        """
+        candidates = self._resume_candidates() if resume else []
+        if not candidates:
+            return self.load(path, checkpointables=[])
+        for candidate in candidates:
+            try:
+                return self.load(candidate)
+            except UnreadableCheckpointError as e:
+                logger.warning("%s; trying an older checkpoint", e)
+        raise TrainingError(
+            f"no checkpoint in {self.save_dir} can be read (tried {len(candidates)}): delete "
+            f"{CHECKPOINT_TAG} to start over, or set OUTPUT_DIR to a new directory"
+        )
+
+    def load(self, path, *args, **kwargs):
+        """Detectron2's ``load``, made re-entrant after a failed read (see resume_or_load)."""
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            # DetectionCheckpointer.load asserts this is None on entry and resets it only on
+            # success; a fallback needs a second call.
+            self._parsed_url_during_load = None
+
+    def _load_file(self, filename):
+        """
+        Read a checkpoint with Detectron2's loader, then convert torchvision ResNet weights.
+
+        Raises:
+            UnreadableCheckpointError: the file is truncated or not a checkpoint.
+        """
+        try:
+            loaded = super()._load_file(filename)
+        except (EOFError, RuntimeError, zipfile.BadZipFile, pickle.UnpicklingError) as e:
+            if "weights only" in str(e).lower():  # readable, but holds objects torch refuses
+                raise
+            raise UnreadableCheckpointError(
+                f"cannot read checkpoint {filename}: {' '.join(str(e).split())[:200]}"
+            ) from e
+        return maybe_convert_torchvision_checkpoint(loaded)

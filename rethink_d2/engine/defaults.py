@@ -1,0 +1,207 @@
+"""Command-line set-up shared by ``tools/train_net.py`` and the tests: parser, config, errors."""
+import argparse
+import contextlib
+import logging
+import os
+import sys
+from datetime import timedelta
+
+import torch
+import torch.multiprocessing as mp
+import yaml
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, launch
+
+from ..config import add_rethink_config
+from ..resolve import resolve_config
+from ..utils.errors import ConfigError, RethinkError
+from .distributed import DIST_TIMEOUT_ENV_VAR, check_dist_port_free, explain_worker_failure
+from .preemption import PREEMPTED_EXIT_CODE, forward_signals_to_children
+
+logger = logging.getLogger(__name__)
+
+# Exit code of a run stopped by a user error (bad config, missing dataset, ...).
+EXIT_USER_ERROR = 2
+# Exit code of a multi-process run whose processes could not meet (timeout, lost peer).
+EXIT_DIST_FAILURE = 1
+
+
+def rethink_argument_parser(epilog=None):
+    """
+    Detectron2's ``default_argument_parser`` plus ``--config`` (alias of ``--config-file``),
+    ``--print-config`` and ``--dist-timeout``.
+
+    Args:
+        epilog (str or None): text shown at the end of ``--help``.
+
+    Returns:
+        argparse.ArgumentParser
+    """
+    parser = default_argument_parser(epilog=epilog)
+    parser.add_argument(
+        "--config",
+        dest="config_file",
+        metavar="FILE",
+        default=argparse.SUPPRESS,
+        help="path to a config file, e.g. configs/scratch_R101_GN_6x.yaml (same as --config-file)",
+    )
+    parser.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the fully resolved config (schedule, batch scaling, norms, overrides) as "
+        "YAML and exit without building the model or reading data",
+    )
+    parser.add_argument(
+        "--dist-timeout",
+        type=float,
+        metavar="SECONDS",
+        default=os.environ.get(DIST_TIMEOUT_ENV_VAR, "1800"),
+        help="how long a training process waits for the others, at start-up and in every "
+        f"collective operation, before failing (default: ${DIST_TIMEOUT_ENV_VAR} or 1800)",
+    )
+    return parser
+
+
+def build_config(config_file, opts=(), world_size=None, for_training=True):
+    """
+    Build the frozen, resolved config of a run.
+
+    Steps: ``get_cfg()`` -> ``add_rethink_config`` -> ``merge_from_file`` -> ``merge_from_list``
+    -> CPU fallback when no GPU is visible -> :func:`rethink_d2.resolve_config` -> freeze.
+
+    Args:
+        config_file (str): path to a YAML config.
+        opts (list[str]): trailing ``KEY VALUE`` overrides.
+        world_size (int or None): number of training processes (decides the SyncBN flavour).
+        for_training (bool): False for evaluation, where loading ``MODEL.WEIGHTS`` is the point,
+            so the scratch guard is not applied.
+
+    Returns:
+        CfgNode: frozen config.
+
+    Raises:
+        ConfigError: missing file, unknown key, bad value; one line naming what to change.
+    """
+    if not config_file:
+        raise ConfigError("no config given: pass --config FILE, e.g. --config configs/scratch_R50_GN_3x.yaml")
+    if not os.path.isfile(config_file):
+        raise ConfigError(f"config file {config_file!r} does not exist (check the path)")
+    cfg = get_cfg()
+    add_rethink_config(cfg)
+    _merge(cfg, config_file, list(opts))
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        logger.warning("No GPU is visible: MODEL.DEVICE %s -> cpu", cfg.MODEL.DEVICE)
+        cfg.MODEL.DEVICE = "cpu"
+    if not for_training:
+        cfg.RETHINK.SCRATCH_GUARD = False
+    cfg = resolve_config(cfg, world_size=world_size)
+    cfg.freeze()
+    return cfg
+
+
+def _merge(cfg, config_file, opts):
+    """Merge a file and overrides into ``cfg``, turning yacs' errors into one-line ConfigErrors."""
+    try:
+        cfg.merge_from_file(config_file)
+    except KeyError as e:
+        raise ConfigError(
+            f"{config_file}: {e.args[0]} (check its spelling; rethink-d2's own keys are under "
+            f"RETHINK, see rethink_d2/config.py)"
+        ) from None
+    except (ValueError, AssertionError, TypeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{config_file}: {' '.join(str(e).split())}") from None
+    flags = [opt for opt in opts if opt.startswith("--")]
+    if flags:
+        raise ConfigError(
+            f"{flags[0]} came after the KEY VALUE overrides: put every --flag before the KEY VALUE "
+            f"pairs"
+        )
+    if len(opts) % 2:
+        raise ConfigError(f"overrides must be KEY VALUE pairs; got an odd number: {opts}")
+    try:
+        cfg.merge_from_list(opts)
+    except KeyError as e:
+        raise ConfigError(f"command-line override: {e.args[0]} (check its spelling)") from None
+    except (ValueError, AssertionError, TypeError) as e:
+        raise ConfigError(f"command-line override: {' '.join(str(e).split())}") from None
+
+
+def _report_user_error(error):
+    """Print a RethinkError as the single line the user sees."""
+    print(f"rethink-d2: error: {error}", file=sys.stderr, flush=True)
+
+
+def run_worker(main, args):
+    """
+    Run ``main(args)`` in one training process; user errors exit with one line, no traceback.
+
+    Args:
+        main (callable): the script's ``main(args)``.
+        args (argparse.Namespace): parsed command line.
+
+    Returns:
+        whatever ``main`` returns.
+    """
+    try:
+        return main(args)
+    except RethinkError as e:
+        _report_user_error(e)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def launch_cli(main, args):
+    """
+    Validate the config once, then start ``main`` on every process with Detectron2's ``launch``.
+
+    ``--print-config`` prints the resolved config and returns without launching anything.
+    A worker that exits with a code (user error, preemption) makes this process exit with the
+    same code, without a multiprocessing traceback. With several processes, machine rank 0
+    first checks that the rendezvous port is free, SIGTERM/SIGUSR1 are forwarded to the
+    training processes, and a process group that cannot form within ``--dist-timeout`` ends
+    with one line saying so.
+
+    Args:
+        main (callable): the script's ``main(args)``.
+        args (argparse.Namespace): from :func:`rethink_argument_parser`.
+    """
+    world_size = args.num_gpus * args.num_machines
+    try:
+        cfg = build_config(
+            args.config_file, args.opts, world_size=world_size, for_training=not args.eval_only
+        )
+    except RethinkError as e:
+        _report_user_error(e)
+        sys.exit(EXIT_USER_ERROR)
+    if args.print_config:
+        print(cfg.dump(), end="")
+        return
+    if world_size > 1 and args.machine_rank == 0:
+        try:
+            check_dist_port_free(args.dist_url)
+        except RethinkError as e:
+            _report_user_error(e)
+            sys.exit(EXIT_USER_ERROR)
+    # In one process, training runs here and PreemptionHook handles the signals itself.
+    forwarding = forward_signals_to_children() if world_size > 1 else contextlib.nullcontext([])
+    with forwarding as received_signals:
+        try:
+            launch(
+                run_worker,
+                args.num_gpus,
+                num_machines=args.num_machines,
+                machine_rank=args.machine_rank,
+                dist_url=args.dist_url,
+                args=(main, args),
+                timeout=timedelta(seconds=args.dist_timeout),
+            )
+        except mp.ProcessExitedException as e:
+            code = e.exit_code
+            if code < 0:  # killed by a signal: forwarded preemption before training started?
+                code = PREEMPTED_EXIT_CODE if received_signals else 128 - code
+            sys.exit(code)
+        except mp.ProcessRaisedException as e:
+            message = explain_worker_failure(str(e), args.dist_url, args.dist_timeout)
+            if message is None:
+                raise
+            _report_user_error(f"process {e.error_index} of machine {args.machine_rank}: {message}")
+            sys.exit(EXIT_DIST_FAILURE)

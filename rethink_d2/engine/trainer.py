@@ -1,0 +1,219 @@
+"""The rethink-d2 Trainer: Detectron2's ``DefaultTrainer`` with scratch-training defaults.
+
+What it changes, and why:
+
+* the config goes through :func:`rethink_d2.resolve_config` (norms, schedule, subsets) before
+  Detectron2's own ``auto_scale_workers``;
+* the model is built by :func:`rethink_d2.modeling.build_model` and wrapped in DDP without
+  ``device_ids`` when it lives on the CPU (Detectron2's ``create_ddp_model`` always passes them,
+  which DDP rejects for CPU modules, so gloo runs would fail);
+* the train loader comes from :func:`rethink_d2.data.build_train_loader` (subsets, sampler
+  registry, manifest) and is counted by :class:`DataSeenCounter` (images/instances/pixels seen);
+* checkpoints are atomic and rotated on disk (:class:`rethink_d2.engine.checkpoint.Checkpointer`);
+* SIGTERM / SIGUSR1 checkpoint the current iteration and exit with code 75
+  (:class:`rethink_d2.engine.preemption.PreemptionHook`);
+* a non-finite loss stops every rank at the same iteration with a TrainingError
+  (:mod:`rethink_d2.engine.nonfinite`);
+* at the end of training a learning-curve PNG is drawn into ``OUTPUT_DIR``.
+"""
+import logging
+import os
+import weakref
+from collections import OrderedDict
+
+from detectron2.engine import DefaultTrainer, TrainerBase
+from detectron2.engine import create_ddp_model, hooks
+from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.data import MetadataCatalog
+from detectron2.modeling import GeneralizedRCNNWithTTA
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
+
+from ..data import build_train_loader
+from ..modeling import build_model
+from ..resolve import resolve_config
+from ..utils.errors import ConfigError
+from .checkpoint import Checkpointer
+from .data_seen import DataSeenCounter, DataSeenHook
+from .learning_curve import LearningCurveHook
+from .nonfinite import FiniteLossAMPTrainer, FiniteLossTrainer
+from .preemption import PreemptionHook
+
+logger = logging.getLogger(__name__)
+
+# Detectron2 metadata "evaluator_type" -> evaluator factory(dataset_name, output_folder)
+_EVALUATORS = {
+    "coco": lambda name, out: COCOEvaluator(name, output_dir=out),
+    "pascal_voc": lambda name, out: PascalVOCDetectionEvaluator(name),
+}
+
+
+def wrap_model_for_distributed(model):
+    """
+    Wrap ``model`` in DistributedDataParallel when more than one process trains.
+
+    Unlike Detectron2's ``create_ddp_model`` used as-is, CPU modules get ``device_ids=None``
+    (DDP raises for CPU modules given device ids), so gloo training works.
+
+    Args:
+        model (nn.Module): the model, already moved to its device.
+
+    Returns:
+        nn.Module: ``model`` itself in a single process, else the DDP wrapper.
+    """
+    on_cuda = next(model.parameters()).is_cuda
+    device_ids = [comm.get_local_rank()] if on_cuda else None
+    return create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
+
+
+class Trainer(DefaultTrainer):
+    """
+    ``DefaultTrainer`` for scratch training; see the module docstring for what differs.
+
+    Args:
+        cfg (CfgNode): a config that went through ``add_rethink_config``; it is resolved here
+            if the caller did not call :func:`rethink_d2.resolve_config` already.
+    """
+
+    def __init__(self, cfg):
+        # DefaultTrainer.__init__ is not called because it wraps the model with
+        # create_ddp_model(...) without device ids; everything else mirrors it.
+        TrainerBase.__init__(self)
+        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
+            setup_logger()
+        cfg = resolve_config(cfg)
+        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+
+        model = self.build_model(cfg)
+        optimizer = self.build_optimizer(cfg, model)
+        data_loader = self.build_train_loader(cfg)
+        self.data_seen = DataSeenCounter(data_loader) if cfg.RETHINK.LOG_DATA_SEEN else None
+        model = wrap_model_for_distributed(model)
+        trainer_class = FiniteLossAMPTrainer if cfg.SOLVER.AMP.ENABLED else FiniteLossTrainer
+        self._trainer = trainer_class(model, self.data_seen or data_loader, optimizer)
+
+        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
+        self.checkpointer = Checkpointer(
+            model,
+            cfg.OUTPUT_DIR,
+            max_to_keep=cfg.RETHINK.CHECKPOINTS_TO_KEEP,
+            trainer=weakref.proxy(self),
+        )
+        self.start_iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.cfg = cfg
+        self.register_hooks(self.build_hooks())
+
+    def resume_or_load(self, resume=True):
+        """
+        Resume from ``OUTPUT_DIR/last_checkpoint`` if ``resume`` (or ``RETHINK.AUTO_RESUME``
+        and a checkpoint of this run exists), else load ``MODEL.WEIGHTS`` (if any).
+
+        Args:
+            resume (bool): what the user asked for (``--resume``).
+        """
+        if not resume and self.cfg.RETHINK.AUTO_RESUME and self.checkpointer.has_checkpoint():
+            logger.info(
+                "Auto-resume: %s already holds a checkpoint of this run (%s); continuing it. "
+                "Set RETHINK.AUTO_RESUME False or use a new OUTPUT_DIR to start over.",
+                self.cfg.OUTPUT_DIR,
+                self.checkpointer.get_checkpoint_file(),
+            )
+            resume = True
+        super().resume_or_load(resume=resume)
+
+    def build_hooks(self):
+        """
+        Detectron2's default hooks, with data-seen accounting, the learning-curve plot and
+        preemption handling added (checkpoint rotation is done by :class:`Checkpointer`).
+
+        Returns:
+            list[HookBase]
+        """
+        ret = super().build_hooks()
+        if self.data_seen is not None:
+            # Right after the LR scheduler: at the same position on every rank (its all-gather
+            # must line up with EvalHook's) and before the checkpointer, so checkpoints store
+            # counts of the iteration they are saved at.
+            scheduler_index = next(i for i, h in enumerate(ret) if isinstance(h, hooks.LRScheduler))
+            ret.insert(
+                scheduler_index + 1,
+                DataSeenHook(self.data_seen, checkpoint_period=self.cfg.SOLVER.CHECKPOINT_PERIOD),
+            )
+            self.checkpointer.add_checkpointable("data_seen", self.data_seen)
+        if self.cfg.TEST.AUG.ENABLED:
+            ret.append(hooks.EvalHook(0, lambda: self.test_with_tta(self.cfg, self.model)))
+        if comm.is_main_process() and self.cfg.RETHINK.PLOT_LEARNING_CURVE:
+            ret.append(LearningCurveHook(self.cfg.OUTPUT_DIR))
+        # Last: its checkpoint holds the state after every other hook ran for the iteration.
+        ret.append(PreemptionHook(self.checkpointer))
+        return ret
+
+    @classmethod
+    def build_model(cls, cfg):
+        """
+        Returns:
+            nn.Module: :func:`rethink_d2.modeling.build_model` (scratch checks included).
+        """
+        model = build_model(cfg)
+        logger.debug("Model:\n%s", model)
+        return model
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """
+        Returns:
+            iterable: :func:`rethink_d2.data.build_train_loader` (subsets, sampler registry).
+        """
+        return build_train_loader(cfg)
+
+    @property
+    def last_eval_results(self):
+        """
+        Returns:
+            dict or None: results of the latest evaluation during training (the final one once
+            :meth:`train` returned), as Detectron2's ``DefaultTrainer.test`` gives them.
+        """
+        return getattr(self, "_last_eval_results", None)
+
+    @classmethod
+    def test_with_tta(cls, cfg, model):
+        """
+        Evaluate ``model`` with test-time augmentation (``TEST.AUG``: flips and scales).
+
+        Returns:
+            OrderedDict: results keyed ``"<dataset>_TTA"``.
+        """
+        logger.info("Running inference with test-time augmentation ...")
+        model = GeneralizedRCNNWithTTA(cfg, model)
+        evaluators = [
+            cls.build_evaluator(
+                cfg, name, output_folder=os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name)
+            )
+            for name in cfg.DATASETS.TEST
+        ]
+        results = cls.test(cfg, model, evaluators)
+        if len(cfg.DATASETS.TEST) == 1:
+            results = {cfg.DATASETS.TEST[0]: results}
+        return OrderedDict((name + "_TTA", res) for name, res in results.items())
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        """
+        Pick the evaluator from the dataset's ``evaluator_type`` metadata.
+
+        COCOEvaluator falls back to pycocotools when Detectron2's compiled extension is absent.
+
+        Returns:
+            DatasetEvaluator
+        """
+        output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
+        if evaluator_type not in _EVALUATORS:
+            raise ConfigError(
+                f"dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; rethink-d2 "
+                f"evaluates {sorted(_EVALUATORS)}: remove it from DATASETS.TEST or set "
+                f"TEST.EVAL_PERIOD 0"
+            )
+        return _EVALUATORS[evaluator_type](dataset_name, output_folder)
+

@@ -1,0 +1,118 @@
+"""End-to-end tests of tools/train_net.py: flags, bad input, train -> resume -> eval, 2 processes."""
+import json
+import os
+
+import pytest
+import torch
+import yaml
+
+from conftest import QUICKSTART, TINY_OPTS, run_train_net
+
+
+def read_metrics(output_dir):
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def test_help_documents_every_flag():
+    proc = run_train_net(["--help"], timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for flag in [
+        "--config",
+        "--config-file",
+        "--num-gpus",
+        "--num-machines",
+        "--machine-rank",
+        "--dist-url",
+        "--resume",
+        "--eval-only",
+        "--print-config",
+    ]:
+        assert flag in proc.stdout, flag
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--config", "configs/does_not_exist.yaml"], "does not exist"),
+        ([], "no config given"),
+        (["--config", QUICKSTART, "MODEL.NOT_A_KEY", "1"], "MODEL.NOT_A_KEY"),
+        (["--config", QUICKSTART, "SOLVER.MAX_ITER"], "KEY VALUE"),
+        (["--config", QUICKSTART, "SOLVER.MAX_ITER", "5", "--resume"], "before the KEY VALUE"),
+    ],
+)
+def test_bad_input_is_one_clear_line(args, expected):
+    proc = run_train_net(args, timeout=120)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("rethink-d2: error:")]
+    assert len(errors) == 1, proc.stderr
+    assert expected in errors[0]
+    assert "Traceback" not in proc.stderr
+
+
+def test_missing_dataset_is_one_clear_line(tmp_path):
+    proc = run_train_net(
+        ["--config", QUICKSTART, *TINY_OPTS, "DATASETS.TRAIN", "('no_such_dataset',)",
+         "OUTPUT_DIR", str(tmp_path)],
+        timeout=300,
+    )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "no_such_dataset" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_print_config_resolves_without_training(tmp_path):
+    proc = run_train_net(
+        ["--config", QUICKSTART, "--print-config", "SOLVER.BASE_LR", "0.123",
+         "OUTPUT_DIR", str(tmp_path / "never")],
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    cfg = yaml.safe_load(proc.stdout)
+    assert cfg["SOLVER"]["BASE_LR"] == pytest.approx(0.123)
+    assert cfg["MODEL"]["DEVICE"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert not (tmp_path / "never").exists()
+
+
+def test_train_resume_and_evaluate(tmp_path):
+    out = str(tmp_path / "run")
+    opts = [*TINY_OPTS, "OUTPUT_DIR", out]
+
+    first = run_train_net(["--config", QUICKSTART, *opts, "SOLVER.MAX_ITER", "4"])
+    assert first.returncode == 0, first.stderr[-3000:]
+    for name in ["metrics.json", "last_checkpoint", "model_final.pth", "config.yaml"]:
+        assert os.path.exists(os.path.join(out, name)), name
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(out))
+    log = first.stdout + first.stderr
+    assert "eta:" in log and "total_loss:" in log  # progress: iteration, ETA and losses
+    assert max(r["iteration"] for r in read_metrics(out) if "total_loss" in r) == 3
+
+    resumed = run_train_net(["--config", QUICKSTART, "--resume", *opts, "SOLVER.MAX_ITER", "6"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "[Checkpointer] Loading from" in resumed.stdout
+    # The second run starts after the checkpoint of iteration 3, not at 0.
+    assert "Starting training from iteration 4" in resumed.stdout
+    iterations = [r["iteration"] for r in read_metrics(out) if "total_loss" in r]
+    assert iterations == [3, 5]
+
+    evaluated = run_train_net(
+        ["--config", QUICKSTART, "--eval-only", *opts, "DATASETS.TEST", "('rethink_shapes_val',)"]
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    log = evaluated.stdout + evaluated.stderr
+    assert "Final rethink_shapes_val bbox AP" in log
+    assert "Final rethink_shapes_val segm AP" in log
+
+
+def test_two_cpu_processes(tmp_path):
+    out = str(tmp_path / "ddp")
+    proc = run_train_net(
+        ["--config", QUICKSTART, "--num-gpus", "2", *TINY_OPTS,
+         "SOLVER.MAX_ITER", "3", "OUTPUT_DIR", out],
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = yaml.safe_load(open(os.path.join(out, "config.yaml")))
+    assert cfg["SOLVER"]["IMS_PER_BATCH"] == 2
+    assert max(r["iteration"] for r in read_metrics(out) if "total_loss" in r) == 2
+    assert os.path.exists(os.path.join(out, "model_final.pth"))
