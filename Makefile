@@ -33,20 +33,24 @@ setup: $(STAMP)-package
 $(STAMP)-python:
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 10), "rethink-d2 needs Python >= 3.10, found " + sys.version.split()[0]' \
 		|| { echo "ERROR: set PYTHON=python3.10 (or newer) and run make again" >&2; exit 1; }
-	$(PYTHON) -m venv $(VENV) || { echo "ERROR: could not create $(VENV) with $(PYTHON) -m venv (on Debian: apt-get install python3-venv)" >&2; exit 1; }
+	@echo "==> creating $(VENV) with $(PYTHON)"
+	@$(PYTHON) -m venv $(VENV) || { echo "ERROR: could not create $(VENV) with $(PYTHON) -m venv (on Debian: apt-get install python3-venv)" >&2; exit 1; }
 	@touch $@
 
 $(STAMP)-torch: $(STAMP)-python
-	$(PIP) install -q torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION) \
+	@echo "==> installing torch $(TORCH_VERSION) and torchvision $(TORCHVISION_VERSION) (several GB, takes minutes)"
+	@$(PIP) install -q torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION) \
 		|| { echo "ERROR: installing torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION) failed (see pip output above)" >&2; exit 1; }
 	@touch $@
 
 $(STAMP)-deps: $(STAMP)-torch
-	$(PIP) install -q $(D2_DEPS) 'pytest>=7' pytest-timeout \
+	@echo "==> installing Detectron2's dependencies and test tools"
+	@$(PIP) install -q $(D2_DEPS) 'pytest>=7' pytest-timeout \
 		|| { echo "ERROR: installing Detectron2's dependencies failed (see pip output above)" >&2; exit 1; }
 	@touch $@
 
 $(STAMP)-detectron2: $(STAMP)-deps
+	@echo "==> installing Detectron2 from $(DETECTRON2_SOURCE)"
 	@if [ "$(DETECTRON2_SOURCE)" = "$(DETECTRON2_WHEEL)" ]; then \
 		tmp=$$(mktemp -d) && \
 		$(PIP) install -q --no-deps --target "$$tmp" --python-version 3.10 --only-binary=:all: $(DETECTRON2_WHEEL) \
@@ -59,12 +63,13 @@ $(STAMP)-detectron2: $(STAMP)-deps
 		$(PIP) install --no-build-isolation "$(DETECTRON2_SOURCE)" \
 		|| { echo "ERROR: building Detectron2 from $(DETECTRON2_SOURCE) failed (needs a C++ compiler; CUDA ops need nvcc)" >&2; exit 1; }; \
 	fi
-	@$(PY) -c 'import detectron2.modeling' \
+	@$(PY) -W ignore -c 'import detectron2.modeling' \
 		|| { echo "ERROR: Detectron2 is installed but does not import (see the error above)" >&2; exit 1; }
 	@touch $@
 
 $(STAMP)-package: $(STAMP)-detectron2 setup.py
-	$(PIP) install -q --no-deps --no-build-isolation -e . \
+	@echo "==> installing rethink-d2 (editable)"
+	@$(PIP) install -q --no-deps --no-build-isolation -e . \
 		|| { echo "ERROR: installing rethink-d2 in editable mode failed (see pip output above)" >&2; exit 1; }
 	@touch $@
 

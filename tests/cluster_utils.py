@@ -1,4 +1,5 @@
 """Helpers of the cluster tests: a tiny model, train_net subprocesses, ports, polling."""
+
 import json
 import os
 import socket
@@ -11,16 +12,26 @@ from conftest import QUICKSTART, REPO, TINY_OPTS, TRAIN_NET
 # TINY_OPTS plus a narrower backbone (R50 layout at 1/8 width: 4.4M parameters, 35 MB checkpoints)
 # and no mask head: about 0.1 CPU-second per iteration.
 CLUSTER_OPTS = TINY_OPTS + [
-    "MODEL.MASK_ON", "False",
-    "MODEL.RESNETS.DEPTH", "50",
-    "MODEL.RESNETS.WIDTH_PER_GROUP", "32",
-    "MODEL.RESNETS.STEM_OUT_CHANNELS", "32",
-    "MODEL.FPN.OUT_CHANNELS", "32",
-    "MODEL.ROI_BOX_HEAD.NUM_CONV", "1",
-    "MODEL.ROI_BOX_HEAD.CONV_DIM", "32",
-    "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
-    "DATASETS.TEST", "()",
-    "SEED", "7",
+    "MODEL.MASK_ON",
+    "False",
+    "MODEL.RESNETS.DEPTH",
+    "50",
+    "MODEL.RESNETS.WIDTH_PER_GROUP",
+    "32",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS",
+    "32",
+    "MODEL.FPN.OUT_CHANNELS",
+    "32",
+    "MODEL.ROI_BOX_HEAD.NUM_CONV",
+    "1",
+    "MODEL.ROI_BOX_HEAD.CONV_DIM",
+    "32",
+    "MODEL.ROI_BOX_HEAD.FC_DIM",
+    "64",
+    "DATASETS.TEST",
+    "()",
+    "SEED",
+    "7",
 ]
 
 
@@ -38,7 +49,9 @@ def subprocess_env(**extra):
     return env
 
 
-def start_train_net(output_dir, opts=(), flags=(), script=TRAIN_NET, log_name="stdout.txt"):
+def start_train_net(
+    output_dir, opts=(), flags=(), script=TRAIN_NET, log_name="stdout.txt", env=None
+):
     """
     Start ``tools/train_net.py`` (or ``script``) on the quickstart config + CLUSTER_OPTS.
 
@@ -51,7 +64,11 @@ def start_train_net(output_dir, opts=(), flags=(), script=TRAIN_NET, log_name="s
     command += [*CLUSTER_OPTS, "OUTPUT_DIR", output_dir, *opts]
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            command, cwd=REPO, env=subprocess_env(), stdout=log, stderr=subprocess.STDOUT
+            command,
+            cwd=REPO,
+            env=subprocess_env(**(env or {})),
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     return proc, log_path
 

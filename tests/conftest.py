@@ -34,11 +34,13 @@ TINY_OPTS = [
 
 
 # The built-in datasets are generated once per test session into a directory of its own (set
-# before any test module imports rethink_d2, which reads it when registering them).
-# RETHINK_D2_TEST_DATA reuses a directory across sessions.
+# before any test module imports rethink_d2, which reads it when registering them), and subset
+# caches go to another one, so tests never write into the user's ~/.cache.
+# RETHINK_D2_TEST_DATA reuses a data directory across sessions.
 os.environ["RETHINK_D2_DATA"] = os.environ.get("RETHINK_D2_TEST_DATA") or tempfile.mkdtemp(
     prefix="rethink_d2_test_data_"
 )
+os.environ["RETHINK_D2_CACHE"] = tempfile.mkdtemp(prefix="rethink_d2_test_cache_")
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,5 @@
 """Crash-safe checkpoints: SIGKILL at random moments and during writes never corrupts resuming."""
+
 import logging
 import multiprocessing
 import os

@@ -1,4 +1,5 @@
 """Scheduler environment -> train_net launch flags (rethink_d2.launch), table-driven."""
+
 import os
 import subprocess
 import sys
@@ -32,8 +33,13 @@ CASES = [
     ("nothing, 8 visible GPUs: free local port", {}, 8, flags(8, 1, 0, "auto")),
     (
         "torchrun style",
-        {"MASTER_ADDR": "10.1.2.3", "MASTER_PORT": "23456", "NNODES": "4", "NODE_RANK": "2",
-         "LOCAL_WORLD_SIZE": "8"},
+        {
+            "MASTER_ADDR": "10.1.2.3",
+            "MASTER_PORT": "23456",
+            "NNODES": "4",
+            "NODE_RANK": "2",
+            "LOCAL_WORLD_SIZE": "8",
+        },
         1,
         flags(8, 4, 2, "tcp://10.1.2.3:23456"),
     ),
@@ -45,8 +51,13 @@ CASES = [
     ),
     (
         "Kubeflow PyTorchJob with nprocPerNode (PET_*)",
-        {"PET_MASTER_ADDR": "job-master-0", "PET_MASTER_PORT": "29400", "PET_NNODES": "2",
-         "PET_NODE_RANK": "1", "PET_NPROC_PER_NODE": "4"},
+        {
+            "PET_MASTER_ADDR": "job-master-0",
+            "PET_MASTER_PORT": "29400",
+            "PET_NNODES": "2",
+            "PET_NODE_RANK": "1",
+            "PET_NPROC_PER_NODE": "4",
+        },
         1,
         flags(4, 2, 1, "tcp://job-master-0:29400"),
     ),
@@ -62,8 +73,12 @@ CASES = [
         8,
         flags(8, 2, 1, "tcp://train-0.train:29500"),
     ),
-    ("Slurm: first host of the node list, port from the job id", SLURM_2x4, 1,
-     flags(4, 2, 1, "tcp://gpu-a07:14242")),
+    (
+        "Slurm: first host of the node list, port from the job id",
+        SLURM_2x4,
+        1,
+        flags(4, 2, 1, "tcp://gpu-a07:14242"),
+    ),
     (
         "Slurm: MASTER_ADDR / MASTER_PORT win over the node list",
         {**SLURM_2x4, "MASTER_ADDR": "10.0.0.9", "MASTER_PORT": "3000"},
@@ -72,15 +87,25 @@ CASES = [
     ),
     (
         "Slurm: --gpus-per-node=a100:8, old SLURM_NODELIST name",
-        {"SLURM_JOB_ID": "99999", "SLURM_JOB_NUM_NODES": "3", "SLURM_NODEID": "0",
-         "SLURM_NODELIST": "n[1-3]", "SLURM_GPUS_PER_NODE": "a100:8"},
+        {
+            "SLURM_JOB_ID": "99999",
+            "SLURM_JOB_NUM_NODES": "3",
+            "SLURM_NODEID": "0",
+            "SLURM_NODELIST": "n[1-3]",
+            "SLURM_GPUS_PER_NODE": "a100:8",
+        },
         1,
         flags(8, 3, 0, "tcp://n1:29999"),
     ),
     (
         "Slurm: GPU ids of the job on this node",
-        {"SLURM_JOB_ID": "7", "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_NODELIST": "x",
-         "SLURM_JOB_GPUS": "0,1,2"},
+        {
+            "SLURM_JOB_ID": "7",
+            "SLURM_NNODES": "1",
+            "SLURM_NODEID": "0",
+            "SLURM_NODELIST": "x",
+            "SLURM_JOB_GPUS": "0,1,2",
+        },
         1,
         flags(3, 1, 0, "tcp://x:10007"),
     ),
@@ -99,7 +124,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("environ, gpus, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    "environ, gpus, expected", [c[1:] for c in CASES], ids=[c[0] for c in CASES]
+)
 def test_env_to_launch_flags(environ, gpus, expected):
     assert launch_args_from_env(environ, gpus_per_node=gpus) == expected
 
@@ -107,17 +134,29 @@ def test_env_to_launch_flags(environ, gpus, expected):
 # (case id, environment, words the one-line error must contain)
 BAD = [
     ("not an integer", {"NNODES": "two"}, ["NNODES", "'two'", "not an integer"]),
-    ("rank out of range", {"MASTER_ADDR": "m", "NNODES": "2", "NODE_RANK": "2"},
-     ["NODE_RANK=2", "[0, 2)"]),
+    (
+        "rank out of range",
+        {"MASTER_ADDR": "m", "NNODES": "2", "NODE_RANK": "2"},
+        ["NODE_RANK=2", "[0, 2)"],
+    ),
     ("several machines, no master", {"NNODES": "2", "NODE_RANK": "1"}, ["MASTER_ADDR"]),
     ("elastic range", {"PET_NNODES": "1:4"}, ["PET_NNODES", "elastic"]),
-    ("port out of range", {"MASTER_ADDR": "m", "MASTER_PORT": "70000", "NNODES": "2"},
-     ["MASTER_PORT", "TCP port"]),
+    (
+        "port out of range",
+        {"MASTER_ADDR": "m", "MASTER_PORT": "70000", "NNODES": "2"},
+        ["MASTER_PORT", "TCP port"],
+    ),
     ("inside torchrun", {"LOCAL_RANK": "0", "MASTER_ADDR": "m"}, ["LOCAL_RANK", "torchrun"]),
-    ("one Slurm task per GPU", {**SLURM_2x4, "SLURM_NTASKS": "8"},
-     ["SLURM_NTASKS=8", "--ntasks-per-node=1"]),
-    ("bad Slurm node list", {**SLURM_2x4, "SLURM_JOB_NODELIST": "node[01-"},
-     ["node[01-", "Slurm host list"]),
+    (
+        "one Slurm task per GPU",
+        {**SLURM_2x4, "SLURM_NTASKS": "8"},
+        ["SLURM_NTASKS=8", "--ntasks-per-node=1"],
+    ),
+    (
+        "bad Slurm node list",
+        {**SLURM_2x4, "SLURM_JOB_NODELIST": "node[01-"},
+        ["node[01-", "Slurm host list"],
+    ),
 ]
 
 
@@ -155,20 +194,41 @@ def test_user_flags_win_and_go_before_overrides():
     mapped = flags(8, 2, 1, "tcp://m:1")
     user = ["--num-gpus=2", "--config", "c.yaml", "OUTPUT_DIR", "/out"]
     assert merge_launch_args(mapped, user) == [
-        "--num-machines", "2", "--machine-rank", "1", "--dist-url", "tcp://m:1",
-        "--num-gpus=2", "--config", "c.yaml", "OUTPUT_DIR", "/out",
+        "--num-machines",
+        "2",
+        "--machine-rank",
+        "1",
+        "--dist-url",
+        "tcp://m:1",
+        "--num-gpus=2",
+        "--config",
+        "c.yaml",
+        "OUTPUT_DIR",
+        "/out",
     ]
 
 
 def _launcher(args, env):
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PET_"))}
-    for name in ("MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "WORLD_SIZE", "RANK",
-                 "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+    for name in (
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "NNODES",
+        "NODE_RANK",
+        "WORLD_SIZE",
+        "RANK",
+        "LOCAL_RANK",
+        "LOCAL_WORLD_SIZE",
+    ):
         full_env.pop(name, None)
     full_env.update(env, PYTHONWARNINGS="ignore")
     return subprocess.run(
         [sys.executable, "-m", "rethink_d2.launch", *args],
-        cwd=REPO, env=full_env, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 
@@ -179,16 +239,25 @@ def test_launcher_cli_and_docker_entrypoint_dry_run():
     command = proc.stdout.split()
     assert command[1] == os.path.join(REPO, "tools", "train_net.py")
     assert command[2:] == flags(4, 2, 1, "tcp://gpu-a07:14242") + [
-        "--config", "c.yaml", "OUTPUT_DIR", "/out"
+        "--config",
+        "c.yaml",
+        "OUTPUT_DIR",
+        "/out",
     ]
     # The image's entry point runs the same launcher (with this repository as the app dir).
     entry = subprocess.run(
         [os.path.join(REPO, "docker", "entrypoint.sh"), "--dry-run", "--config", "c.yaml"],
         env={**os.environ, **env, "RETHINK_D2_PYTHON": sys.executable, "PYTHONWARNINGS": "ignore"},
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert entry.returncode == 0, entry.stderr
-    assert entry.stdout.split()[2:] == flags(4, 2, 1, "tcp://gpu-a07:14242") + ["--config", "c.yaml"]
+    assert entry.stdout.split()[2:] == flags(4, 2, 1, "tcp://gpu-a07:14242") + [
+        "--config",
+        "c.yaml",
+    ]
 
 
 def test_launcher_cli_bad_env_exits_2_with_one_line():

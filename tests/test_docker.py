@@ -1,4 +1,5 @@
 """docker/: everything about the image that can be checked without a Docker engine."""
+
 import ast
 import json
 import os
@@ -119,7 +120,9 @@ def test_make_targets_run_by_the_image_exist(dockerfile):
         targets = [w for w in words[1:] if "=" not in w]
         proc = subprocess.run(
             ["make", "-n", "-C", REPO, *targets, "PYTHON=python3"],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert proc.returncode == 0, proc.stderr
 
@@ -143,9 +146,16 @@ def test_readme_documents_build_run_shm_and_exit_code():
     text = open(os.path.join(DOCKER, "README.md")).read()
     from rethink_d2.engine.preemption import PREEMPTED_EXIT_CODE
 
-    for needle in ["docker build -f docker/Dockerfile", "docker run", "--shm-size",
-                   f"code {PREEMPTED_EXIT_CODE}", "examples/slurm.sbatch",
-                   "examples/k8s-pytorchjob.yaml", "CHECKPOINTS_TO_KEEP", "Auto-resume"]:
+    for needle in [
+        "docker build -f docker/Dockerfile",
+        "docker run",
+        "--shm-size",
+        f"code {PREEMPTED_EXIT_CODE}",
+        "examples/slurm.sbatch",
+        "examples/k8s-pytorchjob.yaml",
+        "CHECKPOINTS_TO_KEEP",
+        "Auto-resume",
+    ]:
         assert needle in text, needle
 
 

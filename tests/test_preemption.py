@@ -1,4 +1,5 @@
 """SIGTERM mid-run -> checkpoint of that iteration, exit 75 -> resume -> MAX_ITER, LR continuous."""
+
 import os
 import signal
 
@@ -15,10 +16,14 @@ MAX_ITER = 14
 # Warm-up over the whole run: the LR changes at every iteration, so a scheduler that restarted
 # (or skipped) on resume could not match the uninterrupted schedule.
 SCHEDULE = [
-    "SOLVER.MAX_ITER", str(MAX_ITER),
-    "SOLVER.WARMUP_ITERS", str(MAX_ITER),
-    "SOLVER.WARMUP_FACTOR", "0.1",
-    "SOLVER.CHECKPOINT_PERIOD", "4",
+    "SOLVER.MAX_ITER",
+    str(MAX_ITER),
+    "SOLVER.WARMUP_ITERS",
+    str(MAX_ITER),
+    "SOLVER.WARMUP_FACTOR",
+    "0.1",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "4",
 ]
 
 

@@ -277,6 +277,26 @@ def test_fast_path_equals_generic_path(syn):
     assert sum(stats["per_category"].values()) == stats["instances"]
 
 
+def test_json_written_by_the_loader_on_first_use(syn, tmp_path):
+    """A COCO-json dataset whose loader creates its json (like the built-in shapes dataset)."""
+    name, later = f"{syn.name}_lazy", str(tmp_path / "later.json")
+
+    def loader():
+        if not os.path.exists(later):
+            write_coco(later)
+        return load_coco_json(later, syn.root, name)
+
+    DatasetCatalog.register(name, loader)
+    MetadataCatalog.get(name).set(json_file=later, image_root=syn.root, evaluator_type="coco")
+    register_subset(f"{name}@30", cache_dir=syn.cache)
+    first = ids(f"{name}@30")  # generic path: the json does not exist yet
+    assert os.path.exists(later) and not os.path.isdir(syn.cache)
+    assert ids(f"{name}@30") == first  # fast path from now on
+    assert os.path.isdir(syn.cache)
+    register_subset(f"{syn.name}@30", cache_dir=syn.cache)
+    assert ids(f"{syn.name}@30") == first
+
+
 def test_cache_is_used_and_invalidated(syn, monkeypatch):
     name = register_subset(f"{syn.name}@30", cache_dir=syn.cache)
     first = ids(name)

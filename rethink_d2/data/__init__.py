@@ -1,14 +1,25 @@
 """Datasets (built-in shapes, lazy COCO subsets), training samplers and the train loader."""
+
 # built-in demo dataset: registers rethink_shapes_train / rethink_shapes_val
 from . import shapes  # noqa: F401
 
 # subsets: "<dataset>@<size>" names, manifests
-from .subsets import register_subset_datasets
+from .subset_spec import parse_subset_name
+from .subsets import get_subset_record, register_subset, register_subset_datasets
 
 # samplers: a registry instead of Detectron2's if/elif
-from .samplers import SAMPLER_REGISTRY, build_train_sampler
+from .samplers import SAMPLER_REGISTRY, SubsetTrainingSampler, build_train_sampler
 
 # the train loader used by rethink_d2.engine.Trainer
 from .build import build_train_loader
 
-__all__ = ["register_subset_datasets", "SAMPLER_REGISTRY", "build_train_sampler", "build_train_loader"]
+__all__ = [
+    "parse_subset_name",
+    "get_subset_record",
+    "register_subset",
+    "register_subset_datasets",
+    "SAMPLER_REGISTRY",
+    "SubsetTrainingSampler",
+    "build_train_sampler",
+    "build_train_loader",
+]

@@ -55,6 +55,22 @@ def _gc_paused():
             gc.enable()
 
 
+def missing_json_error(json_file, dataset="the dataset"):
+    """
+    Args:
+        json_file (str): an annotation file that does not exist.
+        dataset (str): the dataset it belongs to.
+
+    Returns:
+        DatasetError: the message naming the file and how to fix it.
+    """
+    return DatasetError(
+        f"annotation file '{json_file}' of {dataset} does not exist; put it there "
+        "(Detectron2's built-in COCO names look under $DETECTRON2_DATASETS, default "
+        "./datasets) or register the dataset with the right json_file"
+    )
+
+
 def read_coco_json(json_file, dataset="the dataset"):
     """
     Read a COCO-format annotation file.
@@ -70,11 +86,7 @@ def read_coco_json(json_file, dataset="the dataset"):
         DatasetError: the file is missing, is not JSON, or lacks a COCO key.
     """
     if not os.path.isfile(json_file):
-        raise DatasetError(
-            f"annotation file '{json_file}' of {dataset} does not exist; put it there "
-            "(Detectron2's built-in COCO names look under $DETECTRON2_DATASETS, default "
-            "./datasets) or register the dataset with the right json_file"
-        )
+        raise missing_json_error(json_file, dataset)
     try:
         with open(json_file) as f, _gc_paused():
             coco = json.load(f)
@@ -156,12 +168,13 @@ def write_json_atomic(obj, path, **dump_kwargs):
     Args:
         obj: JSON-serializable object.
         path (str): destination.
-        dump_kwargs: passed to ``json.dump``.
+        dump_kwargs: passed to ``json.dumps``.
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
+    text = json.dumps(obj, **dump_kwargs)  # json.dump(obj, f) would use the slow Python encoder
     with open(tmp, "w") as f:
-        json.dump(obj, f, **dump_kwargs)
+        f.write(text)
     os.replace(tmp, path)
 
 
@@ -226,7 +239,7 @@ def ensure_cached_subset(json_file, tag, choose, cache_dir, label, dataset="the 
         ``choose`` refuses.
     """
     if not os.path.isfile(json_file):
-        read_coco_json(json_file, dataset)  # raises the "does not exist" message
+        raise missing_json_error(json_file, dataset)
     subset_path, meta_path = cache_paths(cache_dir, json_file, tag, label)
     try:
         os.makedirs(cache_dir, exist_ok=True)

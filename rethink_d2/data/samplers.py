@@ -26,6 +26,7 @@ from torch.utils.data import Sampler
 from ..utils.errors import ConfigError, DatasetError
 from .manifest import dicts_stats, find_entry, make_entry, read_manifest
 from .subset_spec import (
+    check_subset_seed,
     choose_positions,
     has_usable_annotation,
     image_key,
@@ -260,7 +261,7 @@ class SubsetTrainingSampler(Sampler):
         data = cfg.RETHINK.DATA
         spec = parse_subset_spec(data.SAMPLER_SUBSET, where="RETHINK.DATA.SAMPLER_SUBSET")
         base = "+".join(cfg.DATASETS.TRAIN)
-        image_ids, seed, selection = None, data.SUBSET_SEED, "keyed-hash"
+        image_ids, seed, selection = None, check_subset_seed(data.SUBSET_SEED), "keyed-hash"
         if data.SUBSET_MANIFEST:
             manifest = read_manifest(data.SUBSET_MANIFEST)
             entry = find_entry(manifest, SUBSET_SAMPLER, base, "sampler", data.SUBSET_MANIFEST)

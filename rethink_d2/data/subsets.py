@@ -18,6 +18,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -25,7 +26,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
 from ..utils.errors import DatasetError
-from .coco_fast import default_cache_dir, ensure_cached_subset
+from .coco_fast import default_cache_dir, ensure_cached_subset, missing_json_error
 from .manifest import MANIFEST_NAME, dicts_stats, find_entry, make_entry, read_manifest
 from .samplers import check_sampler_config
 from .subset_spec import (
@@ -188,8 +189,10 @@ def _copy_metadata(base, name):
 
 
 def _is_coco_json(base):
+    """Whether the fast path applies (a loader may write its json on first use: then not yet)."""
     meta = MetadataCatalog.get(base)
-    return meta.get("evaluator_type") == "coco" and bool(meta.get("json_file"))
+    json_file = meta.get("json_file")
+    return meta.get("evaluator_type") == "coco" and bool(json_file) and os.path.isfile(json_file)
 
 
 def _ids_tag(image_ids):
@@ -231,7 +234,13 @@ def _load_fast(name, source):
 
 
 def _load_generic(name, source):
-    base_dicts = DatasetCatalog.get(source.base)
+    try:
+        base_dicts = DatasetCatalog.get(source.base)
+    except (OSError, json.JSONDecodeError) as e:
+        json_file = MetadataCatalog.get(source.base).get("json_file")
+        if json_file and not os.path.isfile(json_file):
+            raise missing_json_error(json_file, f"'{source.base}'") from e
+        raise DatasetError(f"loading '{source.base}' for '{name}' failed: {e}") from e
     if not isinstance(base_dicts, list):
         raise DatasetError(
             f"dataset '{source.base}' returns a {type(base_dicts).__name__}, not a list of dataset "

@@ -16,6 +16,7 @@ resumable state:
 * when ``last_checkpoint`` names a missing or unreadable file, resuming falls back to the newest
   readable checkpoint with a warning, or stops with a :class:`TrainingError` if there is none.
 """
+
 import contextlib
 import logging
 import os

@@ -1,4 +1,5 @@
 """Process-group plumbing for clean multi-process runs: agreement, port check, failure messages."""
+
 import re
 import socket
 from urllib.parse import urlparse
@@ -70,6 +71,8 @@ def check_dist_port_free(dist_url):
             ) from None
 
 
+# A failure is about the process group only if torch.distributed is in its traceback.
+_DISTRIBUTED = re.compile(r"torch[./]distributed|ProcessGroup|gloo|nccl|c10d", re.IGNORECASE)
 _TIMEOUT_PATTERNS = re.compile(
     r"DistStoreError|timed out|Timed out|TimeoutError|clients joined|Socket Timeout",
 )
@@ -92,6 +95,8 @@ def explain_worker_failure(traceback_text, dist_url, timeout_seconds):
         str or None: the message, or None when the failure is not about the process group
         (the traceback is then the best report).
     """
+    if not _DISTRIBUTED.search(traceback_text):
+        return None
     if _ADDRESS_IN_USE.search(traceback_text):
         return (
             f"the rendezvous port of --dist-url {dist_url} is already in use (another run?): "

@@ -10,11 +10,18 @@ agreed with one 1-element ``all_reduce`` per iteration, before the optimizer ste
 * the weights are never updated with the bad gradients, and no checkpoint is written after the
   error: ``last_checkpoint`` keeps naming the last good checkpoint (``model_final.pth`` is only
   written when the last iteration completes).
+
+Detectron2 may notice the divergence earlier, inside the forward pass (the RPN raises
+``FloatingPointError: Predicted boxes or scores contain Inf/NaN``): that error becomes the same
+kind of :class:`TrainingError`, naming the iteration and the last logged losses. Only the rank
+that saw it stops there; the others stop when they notice it is gone (see ``--dist-timeout``).
 """
+
 import math
 
 from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
 
 from ..utils.errors import TrainingError
 from .distributed import any_rank
@@ -47,11 +54,27 @@ def check_losses_finite(loss_dict, iteration):
         for rank, rank_values in enumerate(per_rank)
         if rank_values is not None
     )
-    raise TrainingError(
-        f"non-finite loss at iteration {iteration} ({terms}); training stopped before the "
-        f"optimizer step, the last checkpoint is kept: lower SOLVER.BASE_LR, lengthen "
-        f"SOLVER.WARMUP_ITERS or enable SOLVER.CLIP_GRADIENTS, then resume"
-    )
+    raise TrainingError(f"non-finite loss at iteration {iteration} ({terms}); {_ADVICE}")
+
+
+_ADVICE = (
+    "training stopped before the optimizer step, the last checkpoint is kept: lower "
+    "SOLVER.BASE_LR, lengthen SOLVER.WARMUP_ITERS or enable SOLVER.CLIP_GRADIENTS, then resume"
+)
+
+
+def _last_losses():
+    """``"loss_cls=0.51, ... at iteration N"`` from the event storage, or "" if none logged."""
+    try:
+        latest = get_event_storage().latest()
+    except AssertionError:  # no storage: not inside TrainerBase.train
+        return ""
+    losses = {k: v for k, v in latest.items() if k.startswith("loss") or k == "total_loss"}
+    if not losses:
+        return ""
+    iteration = max(it for _, it in losses.values())
+    terms = ", ".join(f"{k}={v:.4g}" for k, (v, _) in sorted(losses.items()))
+    return f"; last logged losses (iteration {iteration}): {terms}"
 
 
 class _FiniteLossMixin:
@@ -61,6 +84,16 @@ class _FiniteLossMixin:
         super().__init__(*args, **kwargs)
         # The check is a collective: it cannot run in Detectron2's metrics-writing thread.
         assert not self.async_write_metrics, "async_write_metrics is not supported"
+
+    def run_step(self):
+        """Detectron2's step; a divergence it detects in the forward pass becomes TrainingError."""
+        try:
+            super().run_step()
+        except FloatingPointError as e:
+            raise TrainingError(
+                f"non-finite values at iteration {self.iter} ({' '.join(str(e).split())})"
+                f"{_last_losses()}; {_ADVICE}"
+            ) from e
 
     def _write_metrics(self, loss_dict, data_time, prefix="", iter=None):  # noqa: A002 (D2 name)
         # Runs after backward() and before optimizer.step() in SimpleTrainer.run_step: raising

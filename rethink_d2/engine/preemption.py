@@ -20,6 +20,7 @@ ends the process the default way, which loses no training either.
 The parent process of a multi-process launch forwards the signals to its training processes
 (:func:`forward_signals_to_children`): Kubernetes and ``docker stop`` signal only PID 1.
 """
+
 import contextlib
 import logging
 import multiprocessing

@@ -4,6 +4,7 @@
 ``--num-gpus --num-machines --machine-rank --dist-url`` taken from the environment; it is the
 Docker image's entry point (see docker/README.md).
 """
+
 from .env import (
     DEFAULT_MASTER_PORT,
     LAUNCH_FLAGS,

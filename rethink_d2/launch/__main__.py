@@ -9,6 +9,7 @@ train_net (``exec``), so signals from the scheduler reach the trainer directly.
 ``$RETHINK_D2_TRAIN_NET`` points at another train_net script (default: the repository's
 ``tools/train_net.py``, next to the ``rethink_d2`` package).
 """
+
 import argparse
 import os
 import shlex

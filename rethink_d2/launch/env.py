@@ -24,6 +24,7 @@ flag               variables
                    every node of a job, below Linux's ephemeral range), else 29500
 =================  ===========================================================================
 """
+
 import re
 
 from ..utils.errors import ConfigError
