@@ -12,27 +12,17 @@ from conftest import QUICKSTART, REPO, TINY_OPTS, TRAIN_NET
 # TINY_OPTS plus a narrower backbone (R50 layout at 1/8 width: 4.4M parameters, 35 MB checkpoints)
 # and no mask head: about 0.1 CPU-second per iteration.
 CLUSTER_OPTS = TINY_OPTS + [
-    "MODEL.MASK_ON",
-    "False",
-    "MODEL.RESNETS.DEPTH",
-    "50",
-    "MODEL.RESNETS.WIDTH_PER_GROUP",
-    "32",
-    "MODEL.RESNETS.STEM_OUT_CHANNELS",
-    "32",
-    "MODEL.FPN.OUT_CHANNELS",
-    "32",
-    "MODEL.ROI_BOX_HEAD.NUM_CONV",
-    "1",
-    "MODEL.ROI_BOX_HEAD.CONV_DIM",
-    "32",
-    "MODEL.ROI_BOX_HEAD.FC_DIM",
-    "64",
-    "DATASETS.TEST",
-    "()",
-    "SEED",
-    "7",
-]
+    "MODEL.MASK_ON", "False",
+    "MODEL.RESNETS.DEPTH", "50",
+    "MODEL.RESNETS.WIDTH_PER_GROUP", "32",
+    "MODEL.RESNETS.STEM_OUT_CHANNELS", "32",
+    "MODEL.FPN.OUT_CHANNELS", "32",
+    "MODEL.ROI_BOX_HEAD.NUM_CONV", "1",
+    "MODEL.ROI_BOX_HEAD.CONV_DIM", "32",
+    "MODEL.ROI_BOX_HEAD.FC_DIM", "64",
+    "DATASETS.TEST", "()",
+    "SEED", "7",
+]  # fmt: skip
 
 
 def free_port():
@@ -53,7 +43,9 @@ def start_train_net(
     output_dir, opts=(), flags=(), script=TRAIN_NET, log_name="stdout.txt", env=None
 ):
     """
-    Start ``tools/train_net.py`` (or ``script``) on the quickstart config + CLUSTER_OPTS.
+    Start ``tools/train_net.py`` (or ``script``) on the quickstart config + CLUSTER_OPTS, in a
+    session of its own (``os.killpg(proc.pid, sig)`` signals it with all its children, as Slurm
+    does).
 
     Returns:
         (subprocess.Popen, str): the process and the file its stdout+stderr go to.
@@ -69,6 +61,7 @@ def start_train_net(
             env=subprocess_env(**(env or {})),
             stdout=log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
     return proc, log_path
 

@@ -193,39 +193,27 @@ def test_bad_slurm_nodelist(nodelist):
 def test_user_flags_win_and_go_before_overrides():
     mapped = flags(8, 2, 1, "tcp://m:1")
     user = ["--num-gpus=2", "--config", "c.yaml", "OUTPUT_DIR", "/out"]
-    assert merge_launch_args(mapped, user) == [
-        "--num-machines",
-        "2",
-        "--machine-rank",
-        "1",
-        "--dist-url",
-        "tcp://m:1",
-        "--num-gpus=2",
-        "--config",
-        "c.yaml",
-        "OUTPUT_DIR",
-        "/out",
-    ]
+    expected = ["--num-machines", "2", "--machine-rank", "1", "--dist-url", "tcp://m:1"]
+    assert merge_launch_args(mapped, user) == expected + user
+
+
+SCHEDULER_VARS = ("MASTER_ADDR", "MASTER_PORT", "NNODES", "NODE_RANK", "WORLD_SIZE", "RANK",
+                  "LOCAL_RANK", "LOCAL_WORLD_SIZE", "JOB_COMPLETION_INDEX")  # fmt: skip
+
+
+def _scheduler_env(env):
+    """This process's environment without its own scheduler variables, plus ``env``."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PET_"))}
+    for name in SCHEDULER_VARS:
+        full_env.pop(name, None)
+    return dict(full_env, **env, PYTHONWARNINGS="ignore", RETHINK_D2_PYTHON=sys.executable)
 
 
 def _launcher(args, env):
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "PET_"))}
-    for name in (
-        "MASTER_ADDR",
-        "MASTER_PORT",
-        "NNODES",
-        "NODE_RANK",
-        "WORLD_SIZE",
-        "RANK",
-        "LOCAL_RANK",
-        "LOCAL_WORLD_SIZE",
-    ):
-        full_env.pop(name, None)
-    full_env.update(env, PYTHONWARNINGS="ignore")
     return subprocess.run(
         [sys.executable, "-m", "rethink_d2.launch", *args],
         cwd=REPO,
-        env=full_env,
+        env=_scheduler_env(env),
         capture_output=True,
         text=True,
         timeout=120,
@@ -234,30 +222,23 @@ def _launcher(args, env):
 
 def test_launcher_cli_and_docker_entrypoint_dry_run():
     env = dict(SLURM_2x4)
-    proc = _launcher(["--dry-run", "--config", "c.yaml", "OUTPUT_DIR", "/out"], env)
+    user = ["--config", "c.yaml", "OUTPUT_DIR", "/out"]
+    proc = _launcher(["--dry-run", *user], env)
     assert proc.returncode == 0, proc.stderr
     command = proc.stdout.split()
     assert command[1] == os.path.join(REPO, "tools", "train_net.py")
-    assert command[2:] == flags(4, 2, 1, "tcp://gpu-a07:14242") + [
-        "--config",
-        "c.yaml",
-        "OUTPUT_DIR",
-        "/out",
-    ]
+    assert command[2:] == flags(4, 2, 1, "tcp://gpu-a07:14242") + user
     # The image's entry point runs the same launcher (with this repository as the app dir).
     entry = subprocess.run(
-        [os.path.join(REPO, "docker", "entrypoint.sh"), "--dry-run", "--config", "c.yaml"],
-        env={**os.environ, **env, "RETHINK_D2_PYTHON": sys.executable, "PYTHONWARNINGS": "ignore"},
+        [os.path.join(REPO, "docker", "entrypoint.sh"), "--dry-run", *user],
+        env=_scheduler_env(env),
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert entry.returncode == 0, entry.stderr
-    assert entry.stdout.split()[2:] == flags(4, 2, 1, "tcp://gpu-a07:14242") + [
-        "--config",
-        "c.yaml",
-    ]
+    assert entry.stdout.split() == command
 
 
 def test_launcher_cli_bad_env_exits_2_with_one_line():

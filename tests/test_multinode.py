@@ -52,23 +52,15 @@ def two_machines(output_dir, opts=(), flags=(), script=RANK_DUMP, env_of_machine
 # (ROI heads average their losses per process over a varying number of sampled RoIs, so a full
 # Mask R-CNN only matches approximately: it is not used for the comparison.)
 EQUIVALENT = [
-    "MODEL.META_ARCHITECTURE",
-    "ProposalNetwork",
-    "RETHINK.NORM",
-    "SyncBN",
-    "MODEL.RPN.BATCH_SIZE_PER_IMAGE",
-    "4096",
-    "INPUT.RANDOM_FLIP",
-    "none",
-    "SOLVER.MAX_ITER",
-    "3",
-    "SOLVER.WARMUP_ITERS",
-    "0",
-    "SOLVER.BASE_LR",
-    "0.1",
-    "SOLVER.CHECKPOINT_PERIOD",
-    "1",
-]
+    "MODEL.META_ARCHITECTURE", "ProposalNetwork",
+    "RETHINK.NORM", "SyncBN",
+    "MODEL.RPN.BATCH_SIZE_PER_IMAGE", "4096",
+    "INPUT.RANDOM_FLIP", "none",
+    "SOLVER.MAX_ITER", "3",
+    "SOLVER.WARMUP_ITERS", "0",
+    "SOLVER.BASE_LR", "0.1",
+    "SOLVER.CHECKPOINT_PERIOD", "1",
+]  # fmt: skip
 
 
 def relative_update_error(a, b, start):
@@ -112,11 +104,12 @@ def test_two_machines_over_loopback_equal_ranks_and_match_one_process(tmp_path):
 
 def test_signal_on_one_machine_stops_both_at_one_iteration_then_auto_resume(tmp_path):
     out = str(tmp_path / "run")
-    opts = ["SOLVER.MAX_ITER", "10", "SOLVER.CHECKPOINT_PERIOD", "3"]
+    # A data loader worker per process: it must not keep the trainer from exiting.
+    opts = ["SOLVER.MAX_ITER", "10", "SOLVER.CHECKPOINT_PERIOD", "3", "DATALOADER.NUM_WORKERS", "1"]
     runs = two_machines(out, opts)
     procs = [proc for proc, _ in runs]
     wait_until(lambda: tagged_checkpoint(out) == "model_0000002.pth", 300, procs, "iteration 2")
-    # Only machine 1's launcher is signalled (Slurm's --signal, as seen by one node); it
+    # Only machine 1's launcher is signalled (as Kubernetes signals PID 1 of one pod); it
     # forwards the signal to its training process, and the ranks agree to stop together.
     procs[1].send_signal(signal.SIGUSR1)
     results = [wait(proc, log) for proc, log in runs]
@@ -210,7 +203,10 @@ def test_dataset_missing_on_one_machine_fails_both_without_hanging(tmp_path):
             "already in use",
         ),
         # Not about the process group: the traceback is the best report.
-        ('File "torch/utils/data/dataloader.py"\nRuntimeError: DataLoader timed out after 5 s', None),
+        (
+            'File "torch/utils/data/dataloader.py"\nRuntimeError: DataLoader timed out after 5 s',
+            None,
+        ),
     ],
 )
 def test_process_group_failures_are_explained_in_one_line(traceback_text, expected):

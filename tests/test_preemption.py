@@ -16,15 +16,13 @@ MAX_ITER = 14
 # Warm-up over the whole run: the LR changes at every iteration, so a scheduler that restarted
 # (or skipped) on resume could not match the uninterrupted schedule.
 SCHEDULE = [
-    "SOLVER.MAX_ITER",
-    str(MAX_ITER),
-    "SOLVER.WARMUP_ITERS",
-    str(MAX_ITER),
-    "SOLVER.WARMUP_FACTOR",
-    "0.1",
-    "SOLVER.CHECKPOINT_PERIOD",
-    "4",
-]
+    "SOLVER.MAX_ITER", str(MAX_ITER),
+    "SOLVER.WARMUP_ITERS", str(MAX_ITER),
+    "SOLVER.WARMUP_FACTOR", "0.1",
+    "SOLVER.CHECKPOINT_PERIOD", "4",
+    # Data loader workers: they receive the signal too, and must survive it.
+    "DATALOADER.NUM_WORKERS", "2",
+]  # fmt: skip
 
 
 def expected_lrs(opts):
@@ -46,7 +44,8 @@ def test_sigterm_checkpoints_exits_75_and_resume_continues(tmp_path):
     proc, log = start_train_net(out, SCHEDULE)
     # Preempt once the run is past iteration 3 (its periodic checkpoint is tagged).
     wait_until(lambda: tagged_checkpoint(out) == "model_0000003.pth", 300, [proc], "iteration 3")
-    proc.send_signal(signal.SIGTERM)
+    # Like Slurm: every process of the job is signalled, data loader workers included.
+    os.killpg(proc.pid, signal.SIGTERM)
     code, output = wait(proc, log)
 
     assert code == PREEMPTED_EXIT_CODE, output[-3000:]

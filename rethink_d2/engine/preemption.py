@@ -4,7 +4,12 @@ Schedulers warn before they kill: Kubernetes and ``docker stop`` send SIGTERM (t
 after the grace period), Slurm sends SIGTERM on preemption and ``--signal=USR1@<seconds>``
 before the time limit. During training:
 
-1. the signal handler only records the signal (anything more is unsafe inside a handler);
+1. the signal handler only records the signal (anything more is unsafe inside a handler); the
+   training thread keeps the signals blocked while an iteration runs and unblocks them between
+   iterations, so that data loader workers (forked during an iteration) inherit them blocked:
+   Slurm signals every process of the job, and PyTorch's workers would die on SIGTERM, taking
+   the trainer down before it can checkpoint. (Such workers cannot be stopped by SIGTERM either,
+   so the hook shuts the training loader's workers down itself when training ends);
 2. after each iteration :class:`PreemptionHook` asks all ranks whether any of them got a signal
    (one 1-element ``all_reduce``), so every rank stops after the *same* iteration;
 3. the main process writes ``model_<iteration>.pth`` (atomic, tagged in ``last_checkpoint``)
@@ -28,7 +33,7 @@ import os
 import signal
 import threading
 
-from detectron2.engine import HookBase
+from detectron2.engine import HookBase, SimpleTrainer
 from detectron2.utils import comm
 
 from .distributed import any_rank
@@ -97,15 +102,27 @@ class PreemptionHook(HookBase):
     def _on_signal(self, signum, frame):
         self.received = signum
 
+    def _block(self, blocked):
+        """Block (or deliver) the signals in this thread; processes forked meanwhile inherit it."""
+        if self._previous:
+            how = signal.SIG_BLOCK if blocked else signal.SIG_UNBLOCK
+            signal.pthread_sigmask(how, self.signals)
+
     def before_train(self):
         self._previous = _install(self.signals, self._on_signal)
+        self._block(True)
 
     def after_train(self):
+        self._block(False)
+        if self._previous:
+            _stop_data_loader_workers(self.trainer)
         _restore(self._previous)
         self._previous = {}
 
     def after_step(self):
+        self._block(False)  # a signal that arrived during the iteration is handled now
         if not any_rank(self.received is not None):
+            self._block(True)
             return
         iteration = self.trainer.iter
         what = signal.Signals(self.received).name if self.received else "a signal on another rank"
@@ -131,6 +148,26 @@ class PreemptionHook(HookBase):
             iteration + 1,
         )
         raise Preempted()
+
+
+def _stop_data_loader_workers(trainer):
+    """
+    Stop the training loader's worker processes, which have SIGTERM blocked (see module).
+
+    Otherwise a process leaving with an exception still referencing the loader (preemption,
+    errors) would hang in multiprocessing's exit handler, whose ``terminate()`` sends SIGTERM.
+    Releasing the iterator makes PyTorch shut the workers down cleanly; daemon children still
+    alive after that are killed.
+    """
+    inner = getattr(trainer, "_trainer", trainer)
+    if isinstance(inner, SimpleTrainer):
+        loader = inner.data_loader
+        inner.reset_data_loader(lambda: loader)  # drops the iterator, and with it the workers
+    for child in multiprocessing.active_children():
+        if child.daemon:
+            child.join(timeout=5)
+            if child.is_alive():
+                child.kill()
 
 
 @contextlib.contextmanager
