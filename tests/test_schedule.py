@@ -180,7 +180,7 @@ def test_resolve_config_runs_the_schedule_once():
     out = resolve_config(cfg)
     assert solver_of(out) == (270000, (240000, 260000), 0.04)
     assert cfg.SOLVER.MAX_ITER == get_cfg().SOLVER.MAX_ITER  # the input is not modified
-    assert resolve_config(out) is out  # resolving twice is a no-op
+    assert resolve_config(out) == out  # resolving is idempotent
 
 
 # ---------------------------------------------------------------------------------------------

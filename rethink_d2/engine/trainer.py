@@ -41,10 +41,18 @@ from .preemption import PreemptionHook
 
 logger = logging.getLogger(__name__)
 
-# Detectron2 metadata "evaluator_type" -> evaluator factory(dataset_name, output_folder)
+
+def _coco_evaluator(cfg, dataset_name, output_folder):
+    # Tasks come from the config, not from the predictions: a model that predicts nothing yet
+    # (early in a scratch run) still reports segm/keypoint AP, so learning curves stay aligned.
+    tasks = ("bbox",) + ("segm",) * cfg.MODEL.MASK_ON + ("keypoints",) * cfg.MODEL.KEYPOINT_ON
+    return COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
+
+
+# Detectron2 metadata "evaluator_type" -> evaluator factory(cfg, dataset_name, output_folder)
 _EVALUATORS = {
-    "coco": lambda name, out: COCOEvaluator(name, output_dir=out),
-    "pascal_voc": lambda name, out: PascalVOCDetectionEvaluator(name),
+    "coco": _coco_evaluator,
+    "pascal_voc": lambda cfg, name, out: PascalVOCDetectionEvaluator(name),
 }
 
 
@@ -215,5 +223,5 @@ class Trainer(DefaultTrainer):
                 f"evaluates {sorted(_EVALUATORS)}: remove it from DATASETS.TEST or set "
                 f"TEST.EVAL_PERIOD 0"
             )
-        return _EVALUATORS[evaluator_type](dataset_name, output_folder)
+        return _EVALUATORS[evaluator_type](cfg, dataset_name, output_folder)
 
