@@ -145,6 +145,8 @@ def test_cache_is_reused(tmp_path):
     first = ensure_shapes_dataset("val", root=str(tmp_path), num_images=4)
     assert first["json_file"].startswith(shapes_cache_dir(str(tmp_path)))
     assert len(os.listdir(first["image_root"])) == 4
+    split_dir = os.path.dirname(first["json_file"])
+    assert os.stat(split_dir).st_mode & 0o777 == 0o755  # readable by others sharing the cache
     mtime = os.stat(first["json_file"]).st_mtime_ns
     again = ensure_shapes_dataset("val", root=str(tmp_path), num_images=4)
     assert again == first

@@ -379,6 +379,7 @@ def ensure_shapes_dataset(split, root=None, num_images=None):
             tmp = tempfile.mkdtemp(prefix=f".{name}-tmp-", dir=cache_dir)
             try:
                 stamp = generate_shapes_split(tmp, num_images, seed, image_size)
+                os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache may be shared
                 os.rename(tmp, split_dir)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
