@@ -116,3 +116,31 @@ def test_two_cpu_processes(tmp_path):
     assert cfg["SOLVER"]["IMS_PER_BATCH"] == 2
     assert max(r["iteration"] for r in read_metrics(out) if "total_loss" in r) == 2
     assert os.path.exists(os.path.join(out, "model_final.pth"))
+
+
+
+def test_amp_on_cpu_falls_back_to_fp32_with_a_warning(tmp_path):
+    """Detectron2's AMPTrainer is CUDA-only: a GPU config with AMP still trains on a CPU."""
+    out = str(tmp_path / "amp")
+    proc = run_train_net(
+        ["--config", QUICKSTART, *TINY_OPTS, "SOLVER.AMP.ENABLED", "True",
+         "SOLVER.MAX_ITER", "2", "OUTPUT_DIR", out],
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "SOLVER.AMP.ENABLED needs a GPU" in proc.stderr
+    assert yaml.safe_load(open(os.path.join(out, "config.yaml")))["SOLVER"]["AMP"]["ENABLED"] is False
+    assert os.path.exists(os.path.join(out, "model_final.pth"))
+
+
+def test_trainer_refuses_amp_without_cuda():
+    from detectron2.config import get_cfg
+
+    from rethink_d2 import add_rethink_config
+    from rethink_d2.engine import Trainer
+    from rethink_d2.utils.errors import ConfigError
+
+    cfg = add_rethink_config(get_cfg())
+    cfg.merge_from_file(QUICKSTART)
+    cfg.merge_from_list(["MODEL.DEVICE", "cpu", "SOLVER.AMP.ENABLED", "True"])
+    with pytest.raises(ConfigError, match="SOLVER.AMP.ENABLED"):
+        Trainer(cfg)

@@ -92,6 +92,10 @@ def build_config(config_file, opts=(), world_size=None, for_training=True):
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("No GPU is visible: MODEL.DEVICE %s -> cpu", cfg.MODEL.DEVICE)
         cfg.MODEL.DEVICE = "cpu"
+    if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+        # Detectron2's AMPTrainer is CUDA-only; a GPU config debugged on a CPU runs in fp32.
+        logger.warning("SOLVER.AMP.ENABLED needs a GPU: training in fp32 on %s", cfg.MODEL.DEVICE)
+        cfg.SOLVER.AMP.ENABLED = False
     if not for_training:
         cfg.RETHINK.SCRATCH_GUARD = False
     cfg = resolve_config(cfg, world_size=world_size)

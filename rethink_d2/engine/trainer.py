@@ -91,6 +91,11 @@ class Trainer(DefaultTrainer):
             setup_logger()
         cfg = resolve_config(cfg)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
+            raise ConfigError(
+                f"SOLVER.AMP.ENABLED needs MODEL.DEVICE cuda (Detectron2's AMPTrainer is "
+                f"CUDA-only), got {cfg.MODEL.DEVICE!r}: set SOLVER.AMP.ENABLED False"
+            )
 
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
