@@ -7,11 +7,11 @@ import threading
 
 import numpy as np
 import pytest
-from pycocotools import mask as mask_util
-
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
+from pycocotools import mask as mask_util
 
+from conftest import QUICKSTART
 from rethink_d2 import add_rethink_config
 from rethink_d2.data import shapes
 from rethink_d2.data.shapes import (
@@ -25,8 +25,6 @@ from rethink_d2.data.shapes import (
     shapes_cache_dir,
 )
 from rethink_d2.utils.errors import DatasetError
-
-from conftest import QUICKSTART
 
 SEED = SHAPES_SPLITS["train"][0]
 
@@ -223,6 +221,8 @@ def test_bad_inputs_raise_dataset_error(tmp_path):
     not_a_dir.write_text("x")
     with pytest.raises(DatasetError, match=DATA_ENV_VAR):
         ensure_shapes_dataset("val", root=str(not_a_dir), num_images=2)
+    with pytest.raises(DatasetError, match="num_images >= 1"):
+        ensure_shapes_dataset("val", root=str(tmp_path), num_images=0)
     with pytest.raises(DatasetError, match="num_images >= 1"):
         generate_shapes_split(str(tmp_path / "zero"), 0, SEED, 64)
 

@@ -21,11 +21,10 @@ import tempfile
 import time
 
 import numpy as np
-from PIL import Image, ImageDraw
-from pycocotools import mask as mask_util
-
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
+from PIL import Image, ImageDraw
+from pycocotools import mask as mask_util
 
 from ..utils.errors import DatasetError
 
@@ -329,7 +328,10 @@ def _split_params(split, num_images):
             f"(datasets {sorted(SHAPES_DATASETS)})"
         )
     seed, default_count, image_size = SHAPES_SPLITS[split]
-    return seed, int(num_images or default_count), image_size
+    count = default_count if num_images is None else int(num_images)
+    if count < 1:
+        raise DatasetError(f"shapes split {split!r} needs num_images >= 1, got {num_images}")
+    return seed, count, image_size
 
 
 def _split_paths(split_dir):
