@@ -5,6 +5,7 @@ from detectron2.config import get_cfg
 
 import rethink_d2  # noqa: F401  (registers the backbone and keypoint head)
 from rethink_d2 import add_rethink_config, resolve_config
+from rethink_d2.engine import build_config
 from rethink_d2.modeling import (
     apply_norm_config,
     apply_pretrained_format,
@@ -46,48 +47,43 @@ def test_import_leaves_detectron2_default_config_unchanged():
 
 
 @pytest.mark.parametrize(
-    "norm, world_size, device, backbone, head",
+    "norm, device, backbone, head",
     [
-        ("GN", 1, "cpu", "GN", "GN"),
-        ("GN", 8, "cuda", "GN", "GN"),
-        ("BN", 4, "cpu", "BN", "BN"),
-        ("SyncBN", 1, "cuda", "BN", "BN"),
-        ("SyncBN", 1, "cpu", "BN", "BN"),
-        ("SyncBN", 8, "cuda", "SyncBN", "naiveSyncBN_N"),
-        ("SyncBN", 2, "cpu", "naiveSyncBN", "naiveSyncBN_N"),
+        ("GN", "cpu", "GN", "GN"),
+        ("GN", "cuda", "GN", "GN"),
+        ("BN", "cpu", "BN", "BN"),
+        ("SyncBN", "cuda", "SyncBN", "naiveSyncBN_N"),
+        ("SyncBN", "cuda:1", "SyncBN", "naiveSyncBN_N"),
+        ("SyncBN", "cpu", "naiveSyncBN", "naiveSyncBN_N"),
+        ("SyncBN", "meta", "naiveSyncBN", "naiveSyncBN_N"),
     ],
 )
-def test_apply_norm_config_writes_every_norm_key(norm, world_size, device, backbone, head):
+def test_apply_norm_config_writes_every_norm_key(norm, device, backbone, head):
     cfg = make_cfg(NORM=norm)
     cfg.MODEL.DEVICE = device
-    out = apply_norm_config(cfg, world_size=world_size)
+    out = apply_norm_config(cfg)
     assert out is cfg
     assert norms(cfg) == (backbone, backbone, head, head)
-
-
-def test_apply_norm_config_default_world_size_is_single_process():
-    cfg = apply_norm_config(make_cfg(NORM="SyncBN"))
-    assert norms(cfg) == ("BN",) * 4
 
 
 def test_empty_norm_leaves_keys_as_written():
     cfg = make_cfg(NORM="")
     cfg.MODEL.FPN.NORM = "GN"
-    apply_norm_config(cfg, world_size=2)
+    apply_norm_config(cfg)
     assert norms(cfg) == ("FrozenBN", "GN", "", "")
 
 
 def test_keypoint_head_gets_the_norm_version():
     cfg = make_cfg(NORM="GN")
     cfg.MODEL.KEYPOINT_ON = True
-    apply_norm_config(cfg, world_size=1)
+    apply_norm_config(cfg)
     assert cfg.MODEL.ROI_KEYPOINT_HEAD.NAME == "NormKRCNNConvDeconvUpsampleHead"
     custom = make_cfg(NORM="GN")
     custom.MODEL.KEYPOINT_ON = True
     custom.MODEL.ROI_KEYPOINT_HEAD.NAME = "MyHead"
-    apply_norm_config(custom, world_size=1)
+    apply_norm_config(custom)
     assert custom.MODEL.ROI_KEYPOINT_HEAD.NAME == "MyHead"
-    off = apply_norm_config(make_cfg(NORM="GN"), world_size=1)
+    off = apply_norm_config(make_cfg(NORM="GN"))
     assert off.MODEL.ROI_KEYPOINT_HEAD.NAME == "KRCNNConvDeconvUpsampleHead"
 
 
@@ -97,7 +93,7 @@ def test_keypoint_head_gets_the_norm_version():
 )
 def test_invalid_norm_settings_are_refused(key, value, message):
     with pytest.raises(ConfigError, match=message):
-        apply_norm_config(make_cfg(**{key: value}), world_size=1)
+        apply_norm_config(make_cfg(**{key: value}))
 
 
 @pytest.mark.parametrize(
@@ -180,7 +176,7 @@ def test_unknown_pretrained_format_is_refused():
 
 
 def resolved_scratch_cfg():
-    return apply_norm_config(make_cfg(), world_size=1)
+    return apply_norm_config(make_cfg())
 
 
 @pytest.mark.parametrize(
@@ -222,11 +218,15 @@ def test_scratch_guard_opt_outs(opt_out):
     check_scratch_config(cfg)
 
 
-def test_resolve_config_runs_the_guard():
+def test_the_guard_runs_where_training_starts_not_in_resolve_config(tmp_path):
     cfg = make_cfg()
     cfg.MODEL.BACKBONE.FREEZE_AT = 2
+    resolve_config(cfg, world_size=1)  # build_model and inference resolve it too: no guard
+    path = tmp_path / "frozen.yaml"
+    path.write_text(cfg.dump())
     with pytest.raises(ConfigError, match="MODEL.BACKBONE.FREEZE_AT=2"):
-        resolve_config(cfg, world_size=1)
+        build_config(str(path), for_training=True)
+    build_config(str(path), for_training=False)
 
 
 # ---- checks before building ----------------------------------------------------------------

@@ -54,7 +54,7 @@ def pretrained_cfg(depth, weights):
     cfg.RETHINK.NORM = "BN"  # torchvision's norm, so that every tensor has a place
     cfg.RETHINK.SCRATCH = False
     apply_pretrained_format(cfg)
-    apply_norm_config(cfg, world_size=1)
+    apply_norm_config(cfg)
     check_scratch_config(cfg)
     return cfg
 

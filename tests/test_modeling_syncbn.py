@@ -28,7 +28,7 @@ def resolved_norm_names():
     add_rethink_config(cfg)
     cfg.MODEL.DEVICE = "cpu"
     cfg.RETHINK.NORM = "SyncBN"
-    apply_norm_config(cfg, world_size=2)
+    apply_norm_config(cfg)
     return cfg.MODEL.RESNETS.NORM, cfg.MODEL.ROI_BOX_HEAD.NORM
 
 

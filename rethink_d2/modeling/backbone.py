@@ -42,7 +42,7 @@ def build_rethink_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
 
     Raises:
         ConfigError: if the config was not resolved (a ``MODEL.*.NORM`` key disagrees with
-            ``RETHINK.NORM``), defeats scratch training, or has widths that do not fit the norm.
+            ``RETHINK.NORM``) or has widths that do not fit the norm.
     """
     check_model_config(cfg, parts=("backbone",))
     backbone = build_resnet_fpn_backbone(cfg, input_shape)

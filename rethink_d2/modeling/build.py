@@ -12,10 +12,10 @@ def build_model(cfg):
     """
     Build the detector of ``cfg.MODEL.META_ARCHITECTURE`` with Detectron2's registries.
 
-    On top of ``detectron2.modeling.build_model``: the config is checked first (norms resolved
-    from ``RETHINK.NORM``, scratch guard, GN widths), and every GroupNorm layer of the model
-    (box, mask and keypoint heads included; the backbone builder already did its own) gets
-    ``RETHINK.GN_GROUPS`` groups.
+    On top of ``detectron2.modeling.build_model``: the config is checked first (norms that agree
+    with ``RETHINK.NORM``, GN widths; the scratch guard is for training only and runs in the
+    Trainer), and every GroupNorm layer of the model (box, mask and keypoint heads included; the
+    backbone builder already did its own) gets ``RETHINK.GN_GROUPS`` groups.
 
     Initialization is left to Detectron2, whose initializers are those of Detectron, the paper's
     code. He (MSRA) init, std ``sqrt(2 / fan_out)``: every ResNet conv, the box-head convs, the

@@ -7,7 +7,6 @@ from .norms import (
     check_group_norm_channels,
     check_norm_consistency,
 )
-from .scratch import check_scratch_config
 
 __all__ = ["check_model_config"]
 
@@ -39,8 +38,7 @@ def check_model_config(cfg, parts=("backbone", "heads")):
 
     Raises:
         ConfigError: if the config has no ``RETHINK`` node, its ``MODEL.*.NORM`` keys disagree
-            with ``RETHINK.NORM``, it defeats scratch training (see ``check_scratch_config``), a
-            GroupNorm width is not divisible by the number of groups, or the ResNet depth/width
+            with ``RETHINK.NORM``, a GroupNorm width is not divisible by the number of groups, or the ResNet depth/width
             keys do not fit together.
     """
     if "RETHINK" not in cfg:
@@ -51,7 +49,6 @@ def check_model_config(cfg, parts=("backbone", "heads")):
     # all keys, whatever the part: a backbone must not be built for a detector whose heads
     # would end up with another norm
     check_norm_consistency(cfg, BACKBONE_NORM_KEYS + HEAD_NORM_KEYS)
-    check_scratch_config(cfg)
     if "backbone" in parts:
         _check_resnet(cfg)
     check_group_norm_channels(cfg, parts)

@@ -7,11 +7,12 @@ run, because none works everywhere:
 
 - ``"GN"``: "GN" everywhere, with ``RETHINK.GN_GROUPS`` groups.
 - ``"BN"``: "BN" everywhere (per-process statistics; for comparisons).
-- ``"SyncBN"`` with one process: "BN" everywhere (there is nothing to synchronize).
-- ``"SyncBN"`` with several processes and ``MODEL.DEVICE`` "cuda*": "SyncBN"
-  (``torch.nn.SyncBatchNorm``) in the backbone and FPN, "naiveSyncBN_N" in the heads.
-- ``"SyncBN"`` with several processes on CPU (gloo): "naiveSyncBN" (Detectron2's
-  ``NaiveSyncBatchNorm``) in the backbone and FPN, "naiveSyncBN_N" in the heads.
+- ``"SyncBN"`` with ``MODEL.DEVICE`` "cuda*": "SyncBN" (``torch.nn.SyncBatchNorm``) in the
+  backbone and FPN, "naiveSyncBN_N" in the heads: what the shipped SyncBN configs state
+  literally. Both behave as plain BN in a single process.
+- ``"SyncBN"`` on any other device: "naiveSyncBN" (Detectron2's ``NaiveSyncBatchNorm``) in the
+  backbone and FPN, because ``torch.nn.SyncBatchNorm`` refuses CPU tensors once a process group
+  exists (gloo runs, CPU debugging of a GPU config).
 - ``""``: every ``MODEL.*.NORM`` key stays as written in the config.
 
 Heads use ``naiveSyncBN_N`` (Detectron2's ``NaiveSyncBatchNorm(stats_mode="N")``) because a
@@ -22,7 +23,6 @@ batch contributes nothing instead of crashing.
 import logging
 
 from detectron2.layers import Conv2d
-from detectron2.utils import comm
 from torch import nn
 
 from ..utils.errors import ConfigError
@@ -88,28 +88,24 @@ def _validate_rethink_norm(cfg):
     return norm
 
 
-def resolve_norm_names(norm, world_size, device):
+def resolve_norm_names(norm, device):
     """
     Map a ``RETHINK.NORM`` value to Detectron2 ``get_norm`` names (see the module docstring).
 
     Args:
         norm (str): "GN", "SyncBN" or "BN".
-        world_size (int): number of training processes.
-        device (str): ``MODEL.DEVICE``; SyncBN uses ``torch.nn.SyncBatchNorm`` only on "cuda*".
+        device (str): ``MODEL.DEVICE``; ``torch.nn.SyncBatchNorm`` is used on "cuda*" only.
 
     Returns:
         tuple[str, str]: the norm name for the backbone and FPN, and the one for the RoI heads.
     """
     if norm == "SyncBN":
-        if world_size <= 1:
-            return "BN", "BN"
-        if str(device).startswith("cuda"):
-            return "SyncBN", "naiveSyncBN_N"
-        return "naiveSyncBN", "naiveSyncBN_N"
+        backbone = "SyncBN" if str(device).startswith("cuda") else "naiveSyncBN"
+        return backbone, "naiveSyncBN_N"
     return norm, norm
 
 
-def apply_norm_config(cfg, world_size=None):
+def apply_norm_config(cfg):
     """
     Write Detectron2's per-module ``NORM`` keys from ``RETHINK.NORM``.
 
@@ -120,8 +116,6 @@ def apply_norm_config(cfg, world_size=None):
 
     Args:
         cfg (CfgNode): an unfrozen config with the ``RETHINK`` node; modified in place.
-        world_size (int or None): number of training processes; ``None`` asks
-            ``detectron2.utils.comm.get_world_size()``.
 
     Returns:
         CfgNode: the same ``cfg``.
@@ -132,9 +126,7 @@ def apply_norm_config(cfg, world_size=None):
     norm = _validate_rethink_norm(cfg)
     if norm == "":
         return cfg
-    if world_size is None:
-        world_size = comm.get_world_size()
-    backbone_norm, head_norm = resolve_norm_names(norm, world_size, cfg.MODEL.DEVICE)
+    backbone_norm, head_norm = resolve_norm_names(norm, cfg.MODEL.DEVICE)
     for key in BACKBONE_NORM_KEYS:
         _set_key(cfg, key, backbone_norm)
     for key in HEAD_NORM_KEYS:
@@ -155,8 +147,8 @@ def check_norm_consistency(cfg, keys=BACKBONE_NORM_KEYS + HEAD_NORM_KEYS):
     """
     Refuse a config whose ``MODEL.*.NORM`` keys were not written from ``RETHINK.NORM``.
 
-    A value is accepted if :func:`apply_norm_config` could have written it for some number of
-    processes and device. ``RETHINK.NORM ""`` accepts anything.
+    A value is accepted if :func:`apply_norm_config` could have written it for some device.
+    ``RETHINK.NORM ""`` accepts anything.
 
     Args:
         cfg (CfgNode): a config with the ``RETHINK`` node.
@@ -169,9 +161,9 @@ def check_norm_consistency(cfg, keys=BACKBONE_NORM_KEYS + HEAD_NORM_KEYS):
     norm = _validate_rethink_norm(cfg)
     if norm == "":
         return
-    runs = [(w, d) for w in (1, 2) for d in ("cpu", "cuda")]
-    allowed_backbone = {resolve_norm_names(norm, w, d)[0] for w, d in runs}
-    allowed_head = {resolve_norm_names(norm, w, d)[1] for w, d in runs}
+    devices = ("cpu", "cuda")
+    allowed_backbone = {resolve_norm_names(norm, d)[0] for d in devices}
+    allowed_head = {resolve_norm_names(norm, d)[1] for d in devices}
     for key in keys:
         allowed = allowed_backbone if key in BACKBONE_NORM_KEYS else allowed_head
         value = _get_key(cfg, key)
@@ -234,7 +226,8 @@ def check_group_norm_channels(cfg, parts=("backbone", "heads")):
 def regroup_group_norms(module, num_groups):
     """
     Replace the GroupNorm of every Detectron2 ``Conv2d`` in ``module`` by one with
-    ``num_groups`` groups (fresh affine parameters: gamma=1, beta=0).
+    ``num_groups`` groups (fresh affine parameters: gamma=1, beta=0), on the device and with the
+    dtype of the layer it replaces.
 
     Args:
         module (nn.Module): a freshly built module (its GN parameters are still at init).
@@ -258,6 +251,15 @@ def regroup_group_norms(module, num_groups):
                 f"RETHINK.GN_GROUPS={num_groups} does not divide the {norm.num_channels} "
                 f"channels of {name}.norm; choose a divisor of every GN width"
             )
-        conv.norm = nn.GroupNorm(num_groups, norm.num_channels, eps=norm.eps, affine=norm.affine)
+        # On the old layer's device: Detectron2's build_model has already moved the model.
+        conv.norm = nn.GroupNorm(
+            num_groups, norm.num_channels, eps=norm.eps, affine=norm.affine, **_factory_kwargs(norm)
+        )
         replaced += 1
     return replaced
+
+
+def _factory_kwargs(module):
+    """``device`` and ``dtype`` of ``module``'s first parameter ({} when it has none)."""
+    tensor = next(module.parameters(), None)
+    return {} if tensor is None else {"device": tensor.device, "dtype": tensor.dtype}
