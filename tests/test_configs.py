@@ -218,10 +218,12 @@ def load(config, world_size=1, device=None):
 
 
 def shipped_experiment_configs():
+    """The paper's experiments (lsj/ follows Detectron2's new_baselines: tests/test_lsj.py)."""
     return [
         c
         for c in model_zoo.list_configs()
-        if not os.path.basename(c).startswith("Base-") and not c.startswith("quickstart/")
+        if not os.path.basename(c).startswith("Base-")
+        and not c.startswith(("quickstart/", "lsj/"))
     ]
 
 
@@ -335,6 +337,51 @@ def test_datasets_are_registered(row):
     registered = set(DatasetCatalog.list())
     for name in cfg.DATASETS.TRAIN + cfg.DATASETS.TEST:
         assert name in registered, f"{row.config}: {name} is not a registered dataset"
+
+
+def plain_detectron2_config(config):
+    """What Detectron2's own APIs see: get_cfg -> add_rethink_config -> merge_from_file, nothing else."""
+    cfg = add_rethink_config(get_cfg())
+    cfg.merge_from_file(model_zoo.get_config_file(config))
+    return cfg
+
+
+def every_shipped_config():
+    return [c for c in model_zoo.list_configs() if not os.path.basename(c).startswith("Base-")]
+
+
+@pytest.mark.parametrize("config", every_shipped_config())
+def test_plain_merge_from_file_already_holds_the_recipe(config):
+    """resolve_config changes nothing in a shipped file (norms, schedule, LR, pixel stats...)."""
+    plain = plain_detectron2_config(config)
+    assert plain.MODEL.DEVICE == "cuda"  # the file's own device: SyncBN stays torch's SyncBN
+    assert resolve_config(plain).dump() == plain.dump()
+
+
+def norm_layers_and_size(model):
+    norms = {
+        name: type(m).__name__
+        for name, m in model.named_modules()
+        if isinstance(m, (torch.nn.GroupNorm, torch.nn.modules.batchnorm._NormBase))
+    }
+    return norms, sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("config", every_shipped_config())
+def test_detectron2_build_model_on_the_plain_config_builds_the_resolved_model(config):
+    from detectron2.modeling import build_model as d2_build_model
+
+    plain = plain_detectron2_config(config)
+    resolved = resolve_config(plain)
+    for cfg in (plain, resolved):
+        cfg.MODEL.DEVICE = "meta"  # no memory, no init cost: every shipped model in seconds
+    with torch.device("meta"):
+        ours = norm_layers_and_size(build_model(resolved))
+        theirs = norm_layers_and_size(d2_build_model(plain))
+    assert ours == theirs
+    assert set(ours[0].values()) <= {"GroupNorm", "SyncBatchNorm", "NaiveSyncBatchNorm"}
+    for key in ("MAX_ITER", "STEPS", "BASE_LR", "WARMUP_ITERS", "GAMMA"):
+        assert plain.SOLVER[key] == resolved.SOLVER[key]
 
 
 def architecture_signature(config):

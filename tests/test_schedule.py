@@ -16,7 +16,10 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import DefaultTrainer, HookBase
 from detectron2.structures import BoxMode
 
+from conftest import REPO
 from rethink_d2 import add_rethink_config, resolve_config
+from rethink_d2 import model_zoo as rethink_zoo
+from rethink_d2.engine import build_config
 from rethink_d2.solver import compute_schedule, parse_schedule_spec, resolve_schedule
 from rethink_d2.solver.table import main as schedule_cli
 from rethink_d2.utils.errors import ConfigError
@@ -152,13 +155,9 @@ def test_scaling_round_trip(spec, batch):
 
 
 def test_re_resolving_a_resolved_config_at_another_batch():
+    # a batch given on the command line over a shipped config: the spec rescales everything
     cfg = resolved("4.5x", 8)
     cfg.SOLVER.IMS_PER_BATCH = 16
-    # its MAX_ITER/STEPS follow the tail rule (at batch 8) and pass; its LR is for batch 8
-    with pytest.raises(ConfigError, match="SOLVER.BASE_LR=0.01 .the spec gives 0.02") as info:
-        resolve_schedule(cfg.clone())
-    assert "MAX_ITER" not in str(info.value)
-    cfg.SOLVER.BASE_LR = 0.02
     assert solver_of(resolve_schedule(cfg)) == solver_of(resolved("4.5x", 16))
 
 
@@ -209,7 +208,7 @@ def test_empty_spec_leaves_solver_untouched():
 def test_logs_one_info_line(caplog):
     with caplog.at_level(logging.INFO, logger="rethink_d2.solver.schedule"):
         resolved("9x", 64)
-    lines = [r.getMessage() for r in caplog.records if r.name == "rethink_d2.solver.schedule"]
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Resolved")]
     assert len(lines) == 1
     for part in (
         "'9x'",
@@ -237,9 +236,11 @@ def test_global_default_config_unchanged():
     assert get_cfg().dump() == before
 
 
-def test_cli_prints_the_readme_table(capsys):
+def test_cli_prints_the_table_of_the_docs(capsys):
     assert schedule_cli([]) == 0
     out = capsys.readouterr().out
+    with open(os.path.join(REPO, "docs", "schedules.md")) as f:
+        assert out.strip() in f.read(), "docs/schedules.md: paste `python -m rethink_d2.solver`"
     assert "| 6x | tail | 16 | 540,000 | 480,000, 520,000 | 0.02 |" in out
     assert "| 9x | tail | 64 | 202,500 | 187,500, 197,500 | 0.08 |" in out
     assert schedule_cli(["0x"]) == 2
@@ -263,46 +264,42 @@ def test_schedules_of_base_files_are_replaced(zoo_file):
     assert solver_of(resolve_schedule(cfg)) == solver_of(resolved("6x", batch))
 
 
-def test_base_file_written_for_another_batch():
-    # Detectron2's scratch 9x file is written for batch 64: its schedule is replaced, its LR
-    # (0.08, for batch 64) has to be overridden when training it at batch 16
-    base = model_zoo.get_config_file("Misc/scratch_mask_rcnn_R_50_FPN_9x_gn.yaml")
-    cfg = make_cfg({"RETHINK.SCHEDULE.SPEC": "6x", "SOLVER.IMS_PER_BATCH": 16}, base)
-    with pytest.raises(ConfigError, match="SOLVER.BASE_LR=0.08") as info:
-        resolve_schedule(cfg.clone())
-    assert "MAX_ITER" not in str(info.value)
-    cfg.SOLVER.BASE_LR = 0.02
-    assert solver_of(resolve_schedule(cfg)) == (540000, (480000, 520000), 0.02)
+def test_spec_owns_its_solver_keys_and_logs_what_it_replaced(caplog):
+    """The one rule: a non-empty SPEC writes MAX_ITER, STEPS, GAMMA, BASE_LR (no guessing)."""
+    typed = {"SOLVER.MAX_ITER": 1000, "SOLVER.STEPS": (500,), "SOLVER.BASE_LR": 0.5}
+    with caplog.at_level(logging.INFO, logger="rethink_d2.solver.schedule"):
+        cfg = resolved("6x", 16, {**typed, "SOLVER.GAMMA": 0.5})
+    assert solver_of(cfg) == (540000, (480000, 520000), 0.02) and cfg.SOLVER.GAMMA == 0.1
+    replaced = [r.getMessage() for r in caplog.records if "replaced" in r.getMessage()]
+    assert len(replaced) == 1
+    for part in ("SOLVER.MAX_ITER 1000 -> 540000", "SOLVER.BASE_LR 0.5 -> 0.02", "GAMMA 0.5 -> 0.1"):
+        assert part in replaced[0]
 
 
-def test_lr_typed_over_a_base_file_is_a_conflict():
-    base = model_zoo.get_config_file("COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_1x.yaml")
-    cfg = make_cfg({"RETHINK.SCHEDULE.SPEC": "6x", "SOLVER.BASE_LR": 0.04}, base)
-    with pytest.raises(ConfigError, match="SOLVER.BASE_LR=0.04"):
-        resolve_schedule(cfg)
-
-
-def test_restating_the_resolved_values_is_not_a_conflict():
+def test_stating_the_specs_values_replaces_nothing(caplog):
     same = {"SOLVER.MAX_ITER": 135000, "SOLVER.STEPS": (120000, 130000), "SOLVER.BASE_LR": 0.08}
-    cfg = resolved("6x", 64, same)
+    with caplog.at_level(logging.INFO, logger="rethink_d2.solver.schedule"):
+        cfg = resolved("6x", 64, same)
     assert solver_of(cfg) == (135000, (120000, 130000), 0.08)
+    assert not [r for r in caplog.records if "replaced" in r.getMessage()]
 
 
 @pytest.mark.parametrize(
-    "opts,key",
+    "key, value, use_instead",
     [
-        ({"SOLVER.MAX_ITER": 1000}, "SOLVER.MAX_ITER=1000"),
-        ({"SOLVER.STEPS": (100000, 200000)}, "STEPS=(100000, 200000)"),
-        # 1x from a Base file, but MAX_ITER changed alone on the command line
-        ({"SOLVER.MAX_ITER": 120000, "SOLVER.STEPS": (60000, 80000)}, "SOLVER.MAX_ITER=120000"),
-        ({"SOLVER.BASE_LR": 0.01}, "SOLVER.BASE_LR=0.01"),
-        ({"SOLVER.GAMMA": 0.5}, "SOLVER.GAMMA=0.5"),
+        ("SOLVER.MAX_ITER", "1000", "RETHINK.SCHEDULE.SPEC"),
+        ("SOLVER.STEPS", "(1,2)", "RETHINK.SCHEDULE.TAILS"),
+        ("SOLVER.BASE_LR", "0.01", "RETHINK.SCHEDULE.BASE_LR"),
+        ("TEST.EVAL_PERIOD", "0", "RETHINK.SCHEDULE.EVAL_PERIOD"),
     ],
 )
-def test_explicit_solver_values_conflict(opts, key):
-    with pytest.raises(ConfigError, match="RETHINK.SCHEDULE.SPEC='6x'") as info:
-        resolved("6x", 16, opts)
-    assert key in str(info.value)
+def test_command_line_value_of_an_owned_key_is_refused(key, value, use_instead):
+    config = rethink_zoo.get_config_file("scratch_R50_GN_3x.yaml")
+    with pytest.raises(ConfigError, match=f"{key} on the command line") as info:
+        build_config(config, [key, value], for_training=False)
+    assert use_instead in str(info.value) and "RETHINK.SCHEDULE.SPEC \"\"" in str(info.value)
+    cfg = build_config(config, ["RETHINK.SCHEDULE.SPEC", "", key, value], for_training=False)
+    assert str(cfg[key.split(".")[0]][key.split(".")[1]]) == str(eval(value))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from .schedule import Schedule, compute_schedule, resolve_schedule
 # helpers: spec parsing, images per epoch
 from .schedule import count_training_images, parse_schedule_spec
 
-# the README table (python -m rethink_d2.solver)
+# the docs/schedules.md table (python -m rethink_d2.solver)
 from .table import schedule_table
 
 __all__ = [

@@ -36,26 +36,15 @@ and auto-scaling 8 -> 32 workers gives the same MAX_ITER, STEPS and BASE_LR as r
 (only the kept WARMUP_ITERS differ, because Detectron2 scales warm-up and the rule above does
 not).
 
-Explicit SOLVER values. With a spec, ``SOLVER.MAX_ITER``/``STEPS``, ``BASE_LR`` and ``GAMMA``
-are derived; a value the user typed for them is an error, never silently replaced. yacs keeps no
-record of where a value came from, so "typed" is decided by value: a value is *inherited* (and
-replaced) when it is one that a source other than the user puts there --
+Who owns which key: a non-empty ``SPEC`` owns ``SOLVER.MAX_ITER``, ``STEPS``, ``GAMMA``,
+``BASE_LR`` (and ``WARMUP_ITERS`` and the periods when their ``RETHINK.SCHEDULE`` keys are > 0):
+:func:`resolve_schedule` writes them and logs every value it replaced. To write those ``SOLVER``
+keys yourself, set ``RETHINK.SCHEDULE.SPEC ""``. The shipped configs state the values of their
+spec literally, so that plain Detectron2 (``merge_from_file`` without ``resolve_config``) trains
+the same schedule; ``tools/train_net.py`` refuses a command line that sets an owned key while a
+spec is in force.
 
-* Detectron2's default config (``detectron2.config.get_cfg()``);
-* a whole-multiple ``Nx`` schedule (N = 1, 2, ...) in either mode at ``REFERENCE_BATCH`` or at
-  ``IMS_PER_BATCH``, or any schedule that follows the tail rule at the batch its tails imply,
-  under this config's ``RETHINK.SCHEDULE`` keys or their defaults -- this covers Detectron2's
-  model-zoo files (1x: 90k, (60k, 80k); 3x: 270k, (210k, 250k); scratch 9x at batch 64) and
-  this package's Base files, so ``_BASE_`` + ``SPEC: "6x"`` works;
-* the LR ``BASE_LR x batch / REFERENCE_BATCH`` at ``REFERENCE_BATCH`` or ``IMS_PER_BATCH``, and
-  the ``GAMMA`` of those keys (an LR written for another batch, e.g. 0.08 of a batch-64 Base
-  file trained at ``IMS_PER_BATCH`` 16, is reported: override it with the spec's value);
-* the value this spec itself resolves to (so stating it twice is harmless).
-
-Any other value raises :class:`ConfigError`. ``MAX_ITER`` and ``STEPS`` are judged as a pair, so
-changing either one alone (e.g. ``SOLVER.MAX_ITER 1000`` on the command line) is caught.
-
-``python -m rethink_d2.solver`` prints the README table (:mod:`rethink_d2.solver.table`).
+``python -m rethink_d2.solver`` prints the docs/schedules.md table (:mod:`rethink_d2.solver.table`).
 """
 
 import logging
@@ -64,7 +53,6 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from ..config import add_rethink_config
 from ..data.subset_spec import is_subset_name, parse_subset_name, parse_subset_spec
 from ..utils.errors import ConfigError
 
@@ -74,6 +62,7 @@ __all__ = [
     "count_training_images",
     "compute_schedule",
     "resolve_schedule",
+    "schedule_owned_values",
 ]
 
 logger = logging.getLogger(__name__)
@@ -400,8 +389,8 @@ def resolve_schedule(cfg):
         CfgNode: ``cfg`` itself, modified.
 
     Raises:
-        ConfigError: an impossible schedule, ``SOLVER.LR_SCHEDULER_NAME`` other than
-            ``WarmupMultiStepLR``, or explicit SOLVER values that contradict the spec.
+        ConfigError: an impossible schedule, or ``SOLVER.LR_SCHEDULER_NAME`` other than
+            ``WarmupMultiStepLR``.
     """
     if not str(cfg.RETHINK.SCHEDULE.SPEC).strip():
         return cfg
@@ -412,92 +401,38 @@ def resolve_schedule(cfg):
             f"SOLVER.LR_SCHEDULER_NAME is {cfg.SOLVER.LR_SCHEDULER_NAME!r}: set it to "
             f"'WarmupMultiStepLR', or set RETHINK.SCHEDULE.SPEC '' and write SOLVER yourself"
         )
-    _check_explicit_solver(cfg, sched)
-    cfg.SOLVER.MAX_ITER = sched.max_iter
-    cfg.SOLVER.STEPS = sched.steps
-    cfg.SOLVER.GAMMA = sched.gamma
-    cfg.SOLVER.BASE_LR = sched.base_lr
-    cfg.SOLVER.WARMUP_ITERS = sched.warmup_iters
-    if sched.eval_period is not None:
-        cfg.TEST.EVAL_PERIOD = sched.eval_period
-    if sched.checkpoint_period is not None:
-        cfg.SOLVER.CHECKPOINT_PERIOD = sched.checkpoint_period
+    replaced = []
+    for key, value in schedule_owned_values(sched).items():
+        node, leaf = key.split(".")
+        old = cfg[node][leaf]
+        if old != value:
+            replaced.append(f"{key} {old} -> {value}")
+            cfg[node][leaf] = value
     logger.info("Resolved %s", sched.describe())
+    if replaced:
+        logger.info("RETHINK.SCHEDULE.SPEC %r replaced %s", sched.spec, "; ".join(replaced))
     return cfg
 
 
-def _check_explicit_solver(cfg, sched):
-    """Raise if SOLVER holds values that no source but the user puts there (module docstring)."""
-    from detectron2.config import get_cfg
+def schedule_owned_values(sched):
+    """
+    Args:
+        sched (Schedule): a resolved schedule.
 
-    d2 = get_cfg().SOLVER
-    solver = cfg.SOLVER
-    pair = (int(solver.MAX_ITER), tuple(int(s) for s in solver.STEPS))
-    inherited_pairs = {(d2.MAX_ITER, tuple(d2.STEPS)), (sched.max_iter, sched.steps)}
-    lrs = [d2.BASE_LR, sched.base_lr]
-    gammas = [d2.GAMMA, sched.gamma]
-    for keys in (cfg.RETHINK.SCHEDULE, add_rethink_config(get_cfg()).RETHINK.SCHEDULE):
-        gammas.append(keys.GAMMA)
-        for batch in {int(solver.IMS_PER_BATCH), int(keys.REFERENCE_BATCH)}:
-            lrs.append(float(_fraction(keys.BASE_LR) * batch / int(keys.REFERENCE_BATCH)))
-            inherited_pairs |= _whole_multiple_pairs(cfg, keys, batch, pair[0])
-        # the LR is not inherited at this implied batch: Detectron2's 1x at batch 16 is also
-        # the paper's 2x at batch 32, so an LR typed over a 1x Base file could pass for one
-        inherited_pairs |= _tail_rule_pair(cfg, keys, pair)
-
-    conflicts = []
-    if pair not in inherited_pairs:
-        conflicts.append(
-            f"SOLVER.MAX_ITER={pair[0]} / STEPS={pair[1]} (the spec gives {sched.max_iter} / "
-            f"{sched.steps})"
-        )
-    if not any(math.isclose(solver.BASE_LR, lr, rel_tol=1e-9) for lr in lrs):
-        conflicts.append(
-            f"SOLVER.BASE_LR={solver.BASE_LR:g} (the spec gives {sched.base_lr:g}; set the LR "
-            f"at the reference batch in RETHINK.SCHEDULE.BASE_LR)"
-        )
-    if not any(math.isclose(solver.GAMMA, g, rel_tol=1e-9) for g in gammas):
-        conflicts.append(
-            f"SOLVER.GAMMA={solver.GAMMA:g} (set the decay factor in RETHINK.SCHEDULE.GAMMA)"
-        )
-    if conflicts:
-        raise ConfigError(
-            f"RETHINK.SCHEDULE.SPEC={sched.spec!r} derives the schedule, but the config also "
-            f"sets {'; '.join(conflicts)}: remove those SOLVER values (or, when they come "
-            f"from a _BASE_ file, override them with the spec's values), or set "
-            f"RETHINK.SCHEDULE.SPEC '' to train with SOLVER as written"
-        )
-
-
-def _tail_rule_pair(cfg, keys, pair):
-    """``{pair}`` if ``pair`` follows the tail rule of ``keys`` at the batch its tails imply."""
-    max_iter, steps = pair
-    tails = tuple(_fraction(t) for t in keys.TAILS)
-    if not tails or len(steps) != len(tails) or any(s >= max_iter for s in steps):
-        return set()
-    ref_batch = int(keys.REFERENCE_BATCH)
-    batches = [t * ref_batch / (max_iter - s) for t, s in zip(tails, steps)]
-    batch = _round(min(batches))
-    if batch < 1:
-        return set()
-    length = Fraction(max_iter * batch, ref_batch)
-    try:
-        candidate = _iterations_and_steps(cfg, keys, "", length, "it", "tail", batch)
-    except ConfigError:
-        return set()
-    return {pair} if candidate == pair else set()
-
-
-def _whole_multiple_pairs(cfg, keys, batch, max_iter):
-    """(MAX_ITER, STEPS) of the whole-multiple schedule ``Nx`` closest to ``max_iter``."""
-    ref_iters = Fraction(max_iter * batch, int(keys.REFERENCE_BATCH))
-    multiple = _round(ref_iters / _fraction(keys.BASE_ITER))
-    pairs = set()
-    if multiple < 1:
-        return pairs
-    for mode in _MODES:
-        try:
-            pairs.add(_iterations_and_steps(cfg, keys, f"{multiple}x", multiple, "x", mode, batch))
-        except ConfigError:  # e.g. 1x shorter than custom TAILS: no such schedule
-            continue
-    return pairs
+    Returns:
+        dict[str, object]: the Detectron2 keys (``"SOLVER.MAX_ITER"``, ...) that a spec owns,
+        with the values it gives them. Periods appear only when their ``RETHINK.SCHEDULE`` key
+        is > 0, the warm-up always (``compute_schedule`` keeps the written one when its key is 0).
+    """
+    owned = {
+        "SOLVER.MAX_ITER": sched.max_iter,
+        "SOLVER.STEPS": tuple(sched.steps),
+        "SOLVER.GAMMA": sched.gamma,
+        "SOLVER.BASE_LR": sched.base_lr,
+        "SOLVER.WARMUP_ITERS": sched.warmup_iters,
+    }
+    if sched.eval_period is not None:
+        owned["TEST.EVAL_PERIOD"] = sched.eval_period
+    if sched.checkpoint_period is not None:
+        owned["SOLVER.CHECKPOINT_PERIOD"] = sched.checkpoint_period
+    return owned

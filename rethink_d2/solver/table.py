@@ -1,4 +1,4 @@
-"""The README's schedule table, and ``python -m rethink_d2.solver`` which prints it."""
+"""The schedule table of docs/schedules.md, and ``python -m rethink_d2.solver`` which prints it."""
 
 import argparse
 import sys
@@ -14,7 +14,7 @@ __all__ = ["schedule_table", "main"]
 
 def schedule_table(rows, cfg=None, dataset_images=118287):
     """
-    A Markdown table of resolved schedules (the one in the README).
+    A Markdown table of resolved schedules (the one in docs/schedules.md).
 
     Args:
         rows (list[tuple]): ``(spec, images per iteration)`` or ``(spec, images per iteration,
@@ -45,8 +45,8 @@ def schedule_table(rows, cfg=None, dataset_images=118287):
     return "\n".join(lines)
 
 
-# the README table: the paper's 2x..9x, Detectron2's scratch 9x at batch 64, Detectron2's 1x
-_README_ROWS = [(f"{m}x", 16, "tail") for m in range(2, 10)] + [
+# the docs/schedules.md table: the paper's 2x..9x, Detectron2's scratch 9x at batch 64, Detectron2's 1x
+_DOC_ROWS = [(f"{m}x", 16, "tail") for m in range(2, 10)] + [
     ("9x", 64, "tail"),
     ("1x", 16, "proportional"),
 ]
@@ -56,7 +56,7 @@ def main(argv=None):
     """
     Print resolved schedules as a Markdown table.
 
-    ``python -m rethink_d2.solver`` prints the README table (2x..9x at batch 16, 9x at batch 64,
+    ``python -m rethink_d2.solver`` prints the docs/schedules.md table (2x..9x at batch 16, 9x at batch 64,
     Detectron2's proportional 1x); ``python -m rethink_d2.solver 6x 220kit --batch 16 64
     --opts RETHINK.SCHEDULE.MODE proportional`` prints chosen specs at chosen batch sizes, with
     config overrides.
@@ -77,7 +77,7 @@ def main(argv=None):
     cfg = add_rethink_config(get_cfg())
     try:
         cfg.merge_from_list(args.opts)
-        rows = [(s, b) for s in args.specs for b in args.batch] if args.specs else _README_ROWS
+        rows = [(s, b) for s in args.specs for b in args.batch] if args.specs else _DOC_ROWS
         print(schedule_table(rows, cfg))
     except (ConfigError, KeyError, ValueError, AssertionError) as e:
         print(f"rethink-d2: error: {e}", file=sys.stderr)
