@@ -6,17 +6,21 @@ import os
 import sys
 from datetime import timedelta
 
-import torch
 import torch.multiprocessing as mp
 import yaml
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, launch
 
 from ..config import add_rethink_config
+from ..model_zoo import get_config_dir
+from ..modeling.scratch import check_scratch_config
 from ..resolve import resolve_config
+from ..solver.schedule import compute_schedule, schedule_owned_values
 from ..utils.errors import ConfigError, RethinkError
 from .distributed import DIST_TIMEOUT_ENV_VAR, check_dist_port_free, explain_worker_failure
+from .distributed import check_launch, check_output_dir, choose_device
 from .preemption import PREEMPTED_EXIT_CODE, forward_signals_to_children
+from .run_dir import check_same_run, default_output_dir, has_checkpoint, is_default_output_dir
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +33,7 @@ EXIT_DIST_FAILURE = 1
 def rethink_argument_parser(epilog=None):
     """
     Detectron2's ``default_argument_parser`` plus ``--config`` (alias of ``--config-file``),
-    ``--print-config`` and ``--dist-timeout``.
+    ``--dataset``, ``--print-config`` and ``--dist-timeout``.
 
     Args:
         epilog (str or None): text shown at the end of ``--help``.
@@ -45,6 +49,7 @@ def rethink_argument_parser(epilog=None):
         default=argparse.SUPPRESS,
         help="path to a config file, e.g. configs/scratch_R101_GN_6x.yaml (same as --config-file)",
     )
+    add_dataset_argument(parser)
     parser.add_argument(
         "--print-config",
         action="store_true",
@@ -62,25 +67,51 @@ def rethink_argument_parser(epilog=None):
     return parser
 
 
-def build_config(config_file, opts=(), world_size=None, for_training=True):
+def add_dataset_argument(parser):
+    """
+    Add the repeatable ``--dataset NAME JSON IMAGE_ROOT`` option (``args.datasets``).
+
+    Args:
+        parser (argparse.ArgumentParser): the parser to extend.
+    """
+    parser.add_argument(
+        "--dataset",
+        dest="datasets",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="register your own COCO-format dataset (instances json + image folder) as NAME, "
+        "to use in DATASETS.TRAIN / DATASETS.TEST (also NAME@0.5, NAME@200); repeatable; kept "
+        "in the run's config.yaml (RETHINK.DATASETS.COCO_INSTANCES)",
+    )
+
+
+def build_config(config_file, opts=(), world_size=None, for_training=True, datasets=()):
     """
     Build the frozen, resolved config of a run.
 
     Steps: ``get_cfg()`` -> ``add_rethink_config`` -> ``merge_from_file`` -> ``merge_from_list``
-    -> CPU fallback when no GPU is visible -> :func:`rethink_d2.resolve_config` -> freeze.
+    -> ``--dataset`` entries -> ``OUTPUT_DIR`` from the config path when none is given -> CPU
+    fallback when no GPU is visible, unless the run asked for GPUs
+    (:func:`rethink_d2.engine.distributed.choose_device`) -> :func:`rethink_d2.resolve_config` -> scratch guard (for
+    training) -> freeze.
 
     Args:
         config_file (str): path to a YAML config.
         opts (list[str]): trailing ``KEY VALUE`` overrides.
-        world_size (int or None): number of training processes (decides the SyncBN flavour).
-        for_training (bool): False for evaluation, where loading ``MODEL.WEIGHTS`` is the point,
-            so the scratch guard is not applied.
+        world_size (int or None): number of training processes.
+        for_training (bool): apply the scratch guard (not for evaluation or prediction, where
+            loading ``MODEL.WEIGHTS`` is the point).
+        datasets (list[list[str]]): ``[NAME, JSON, IMAGE_ROOT]`` of own COCO-format datasets
+            (``--dataset``), added to ``RETHINK.DATASETS.COCO_INSTANCES`` (same NAME: replaced).
 
     Returns:
         CfgNode: frozen config.
 
     Raises:
-        ConfigError: missing file, unknown key, bad value; one line naming what to change.
+        ConfigError: missing file, unknown key, bad value, a run that asked for GPUs sees none;
+            one line naming what to change.
     """
     if not config_file:
         raise ConfigError("no config given: pass --config FILE, e.g. --config configs/scratch_R50_GN_3x.yaml")
@@ -88,19 +119,67 @@ def build_config(config_file, opts=(), world_size=None, for_training=True):
         raise ConfigError(f"config file {config_file!r} does not exist (check the path)")
     cfg = get_cfg()
     add_rethink_config(cfg)
-    _merge(cfg, config_file, list(opts))
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("No GPU is visible: MODEL.DEVICE %s -> cpu", cfg.MODEL.DEVICE)
-        cfg.MODEL.DEVICE = "cpu"
+    opts = list(opts)
+    _merge(cfg, config_file, opts)
+    cli_keys = set(opts[0::2])
+    _check_schedule_overrides(cfg, cli_keys)
+    _add_datasets(cfg, datasets)
+    if is_default_output_dir(cfg.OUTPUT_DIR):
+        cfg.OUTPUT_DIR = default_output_dir(config_file, get_config_dir())
+    # CPU fallback only for a plain single-process run; one that asked for GPUs stops.
+    cfg.MODEL.DEVICE = choose_device(cfg.MODEL.DEVICE, world_size, "MODEL.DEVICE" in cli_keys)
     if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
         # Detectron2's AMPTrainer is CUDA-only; a GPU config debugged on a CPU runs in fp32.
         logger.warning("SOLVER.AMP.ENABLED needs a GPU: training in fp32 on %s", cfg.MODEL.DEVICE)
         cfg.SOLVER.AMP.ENABLED = False
-    if not for_training:
-        cfg.RETHINK.SCRATCH_GUARD = False
-    cfg = resolve_config(cfg, world_size=world_size)
+    cli_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    cfg = resolve_config(cfg)
+    if _NUM_CLASSES_KEY in cli_keys and cfg.MODEL.ROI_HEADS.NUM_CLASSES != cli_classes:
+        raise ConfigError(
+            f"{_NUM_CLASSES_KEY} {cli_classes} on the command line disagrees with the "
+            f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES} categories of the training data's json: drop it "
+            f"(it is read from the json)"
+        )
+    if for_training:
+        check_scratch_config(cfg)
     cfg.freeze()
     return cfg
+
+
+_NUM_CLASSES_KEY = "MODEL.ROI_HEADS.NUM_CLASSES"
+# SOLVER / TEST key owned by a schedule spec -> the RETHINK key to set instead
+_SPEC_OWNED_KEYS = {
+    "SOLVER.MAX_ITER": "RETHINK.SCHEDULE.SPEC (e.g. '220kit')",
+    "SOLVER.STEPS": "RETHINK.SCHEDULE.TAILS or FRACTIONS",
+    "SOLVER.GAMMA": "RETHINK.SCHEDULE.GAMMA",
+    "SOLVER.BASE_LR": "RETHINK.SCHEDULE.BASE_LR (at RETHINK.SCHEDULE.REFERENCE_BATCH images)",
+    "SOLVER.WARMUP_ITERS": "RETHINK.SCHEDULE.WARMUP_ITERS",
+    "TEST.EVAL_PERIOD": "RETHINK.SCHEDULE.EVAL_PERIOD",
+    "SOLVER.CHECKPOINT_PERIOD": "RETHINK.SCHEDULE.CHECKPOINT_PERIOD",
+}
+
+
+def _check_schedule_overrides(cfg, cli_keys):
+    """Refuse a command-line value for a key that RETHINK.SCHEDULE.SPEC would overwrite."""
+    spec = str(cfg.RETHINK.SCHEDULE.SPEC).strip()
+    if not spec:
+        return
+    owned = schedule_owned_values(compute_schedule(cfg))
+    for key in sorted(cli_keys & set(owned)):
+        raise ConfigError(
+            f"{key} on the command line would be overwritten by RETHINK.SCHEDULE.SPEC={spec!r}, "
+            f"which owns it: set {_SPEC_OWNED_KEYS[key]} instead, or add "
+            f"RETHINK.SCHEDULE.SPEC \"\" to write SOLVER yourself"
+        )
+
+
+def _add_datasets(cfg, datasets):
+    """Add ``--dataset NAME JSON IMAGE_ROOT`` entries to RETHINK.DATASETS.COCO_INSTANCES."""
+    if not datasets:
+        return
+    given = {name: [name, json_file, root] for name, json_file, root in datasets}
+    kept = [e for e in cfg.RETHINK.DATASETS.COCO_INSTANCES if e[0] not in given]
+    cfg.RETHINK.DATASETS.COCO_INSTANCES = kept + list(given.values())
 
 
 def _merge(cfg, config_file, opts):
@@ -171,14 +250,22 @@ def launch_cli(main, args):
     world_size = args.num_gpus * args.num_machines
     try:
         cfg = build_config(
-            args.config_file, args.opts, world_size=world_size, for_training=not args.eval_only
+            args.config_file,
+            args.opts,
+            world_size=world_size,
+            for_training=not args.eval_only,
+            datasets=args.datasets,
         )
+        if args.print_config:
+            print(cfg.dump(), end="")
+            return
+        check_launch(args.num_gpus, args.num_machines, args.dist_url)
+        check_output_dir(cfg.OUTPUT_DIR)
+        if not args.eval_only and not args.resume and cfg.RETHINK.AUTO_RESUME:
+            check_same_run(cfg, has_checkpoint(cfg.OUTPUT_DIR))
     except RethinkError as e:
         _report_user_error(e)
         sys.exit(EXIT_USER_ERROR)
-    if args.print_config:
-        print(cfg.dump(), end="")
-        return
     if world_size > 1 and args.machine_rank == 0:
         try:
             check_dist_port_free(args.dist_url)
