@@ -5,6 +5,9 @@
 #   make test      run the test suite
 #   make setup     only create .venv
 #
+# Versions: every install step uses `pip install -c constraints.txt` (the pins docker/Dockerfile
+# uses too); editing constraints.txt makes `make setup` run the installs again.
+#
 # Detectron2 source: the default is the PyPI wheel `sal-detectron2` (Detectron2's main branch,
 # tagged for CPython 3.10; its pure-Python code runs on 3.10+, its compiled ops are not used).
 # With internet and CUDA, build upstream Detectron2 instead, e.g.
@@ -15,12 +18,13 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
-TORCH_VERSION := 2.14.1
-TORCHVISION_VERSION := 0.29.1
-DETECTRON2_WHEEL := sal-detectron2==0.7.2
+CONSTRAINTS := constraints.txt
+PIP_INSTALL := $(PIP) install -c $(CONSTRAINTS)
+DETECTRON2_WHEEL := sal-detectron2
 DETECTRON2_SOURCE ?= $(DETECTRON2_WHEEL)
 D2_DEPS := fvcore iopath pycocotools 'omegaconf>=2.1,<2.4' 'hydra-core>=1.1' yacs termcolor \
-	tabulate cloudpickle tqdm tensorboard matplotlib Pillow packaging 'setuptools<81' wheel
+	tabulate cloudpickle tqdm tensorboard matplotlib Pillow packaging 'setuptools<81' wheel \
+	shapely faster-coco-eval opencv-python-headless
 DEMO_CONFIG := configs/quickstart/scratch_R18_GN_shapes.yaml
 DEMO_OUTPUT := output/demo
 STAMP := $(VENV)/.stamp
@@ -37,30 +41,30 @@ $(STAMP)-python:
 	@$(PYTHON) -m venv $(VENV) || { echo "ERROR: could not create $(VENV) with $(PYTHON) -m venv (on Debian: apt-get install python3-venv)" >&2; exit 1; }
 	@touch $@
 
-$(STAMP)-torch: $(STAMP)-python
-	@echo "==> installing torch $(TORCH_VERSION) and torchvision $(TORCHVISION_VERSION) (several GB, takes minutes)"
-	@$(PIP) install -q torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION) \
-		|| { echo "ERROR: installing torch==$(TORCH_VERSION) torchvision==$(TORCHVISION_VERSION) failed (see pip output above)" >&2; exit 1; }
+$(STAMP)-torch: $(STAMP)-python $(CONSTRAINTS)
+	@echo "==> installing torch and torchvision, versions of $(CONSTRAINTS) (several GB, takes minutes)"
+	@$(PIP_INSTALL) -q torch torchvision \
+		|| { echo "ERROR: installing torch and torchvision (pinned in $(CONSTRAINTS)) failed (see pip output above)" >&2; exit 1; }
 	@touch $@
 
-$(STAMP)-deps: $(STAMP)-torch
+$(STAMP)-deps: $(STAMP)-torch $(CONSTRAINTS)
 	@echo "==> installing Detectron2's dependencies and test tools"
-	@$(PIP) install -q $(D2_DEPS) 'pytest>=7' pytest-timeout \
+	@$(PIP_INSTALL) -q $(D2_DEPS) 'pytest>=7' pytest-timeout \
 		|| { echo "ERROR: installing Detectron2's dependencies failed (see pip output above)" >&2; exit 1; }
 	@touch $@
 
-$(STAMP)-detectron2: $(STAMP)-deps
+$(STAMP)-detectron2: $(STAMP)-deps $(CONSTRAINTS)
 	@echo "==> installing Detectron2 from $(DETECTRON2_SOURCE)"
 	@if [ "$(DETECTRON2_SOURCE)" = "$(DETECTRON2_WHEEL)" ]; then \
 		tmp=$$(mktemp -d) && \
-		$(PIP) install -q --no-deps --target "$$tmp" --python-version 3.10 --only-binary=:all: $(DETECTRON2_WHEEL) \
+		$(PIP_INSTALL) -q --no-deps --target "$$tmp" --python-version 3.10 --only-binary=:all: $(DETECTRON2_WHEEL) \
 		&& site=$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') \
 		&& rm -rf "$$site/detectron2" "$$site"/sal_detectron2-*.dist-info \
 		&& cp -r "$$tmp/detectron2" "$$tmp"/sal_detectron2-*.dist-info "$$site/" \
 		&& rm -rf "$$tmp" \
 		|| { echo "ERROR: installing Detectron2 from $(DETECTRON2_WHEEL) failed (see pip output above)" >&2; exit 1; }; \
 	else \
-		$(PIP) install --no-build-isolation "$(DETECTRON2_SOURCE)" \
+		$(PIP_INSTALL) --no-build-isolation "$(DETECTRON2_SOURCE)" \
 		|| { echo "ERROR: building Detectron2 from $(DETECTRON2_SOURCE) failed (needs a C++ compiler; CUDA ops need nvcc)" >&2; exit 1; }; \
 	fi
 	@$(PY) -W ignore -c 'import detectron2.modeling' \
@@ -69,12 +73,14 @@ $(STAMP)-detectron2: $(STAMP)-deps
 
 $(STAMP)-package: $(STAMP)-detectron2 setup.py
 	@echo "==> installing rethink-d2 (editable)"
-	@$(PIP) install -q --no-deps --no-build-isolation -e . \
+	@$(PIP_INSTALL) -q --no-deps --no-build-isolation -e . \
 		|| { echo "ERROR: installing rethink-d2 in editable mode failed (see pip output above)" >&2; exit 1; }
 	@touch $@
 
 demo: $(STAMP)-package
 	$(PY) tools/train_net.py --config $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_OUTPUT)
+	$(PY) tools/predict.py --config $(DEMO_OUTPUT)/config.yaml --input rethink_shapes_val --limit 8 \
+		--output $(DEMO_OUTPUT)/predictions
 
 test: $(STAMP)-package
 	$(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)

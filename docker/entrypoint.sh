@@ -7,7 +7,7 @@
 #
 # Arguments starting with "-" go to `python -m rethink_d2.launch`, which reads the scheduler's
 # environment (torchrun/Kubernetes MASTER_ADDR/NNODES/NODE_RANK..., Slurm SLURM_*) and execs
-# tools/train_net.py with --num-gpus --num-machines --machine-rank --dist-url (docker/README.md).
+# tools/train_net.py with --num-gpus --num-machines --machine-rank --dist-url (docs/cluster.md).
 # exec keeps the trainer as the signalled process: SIGTERM/SIGUSR1 -> checkpoint, exit code 75.
 set -euo pipefail
 

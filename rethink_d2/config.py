@@ -76,8 +76,15 @@ def add_rethink_config(cfg):
     # Cache of subset COCO JSONs ("": $RETHINK_D2_CACHE/subsets, else ~/.cache/rethink_d2/subsets).
     _C.RETHINK.DATA.SUBSET_CACHE_DIR = ""
 
+    # ---- your own COCO-format datasets (see rethink_d2/data/coco_datasets.py) ----
+    _C.RETHINK.DATASETS = CN()
+    # [[NAME, JSON, IMAGE_ROOT], ...] registered by resolve_config (tools/train_net.py --dataset);
+    # NUM_CLASSES comes from the json of the ones in DATASETS.TRAIN.
+    _C.RETHINK.DATASETS.COCO_INSTANCES = []
+
     # ---- engine (see rethink_d2/engine) ----
-    # Resume automatically when OUTPUT_DIR already holds a checkpoint of this run.
+    # Resume automatically when OUTPUT_DIR already holds a checkpoint of this run (same config
+    # fingerprint, see rethink_d2/engine/run_dir.py); a checkpoint of another run is refused.
     _C.RETHINK.AUTO_RESUME = True
     # Periodic checkpoints to keep (older ones are deleted; model_final is always kept).
     _C.RETHINK.CHECKPOINTS_TO_KEEP = 3
@@ -85,4 +92,22 @@ def add_rethink_config(cfg):
     _C.RETHINK.LOG_DATA_SEEN = True
     # Draw loss and AP vs iteration into OUTPUT_DIR/learning_curve.png at the end of training.
     _C.RETHINK.PLOT_LEARNING_CURVE = True
+
+    # ---- large-scale jitter and the LSJ recipe (see rethink_d2/data/augmentation.py) ----
+    _C.RETHINK.INPUT = CN()
+    # Train augmentation: "" keeps Detectron2's (ResizeShortestEdge + flip from INPUT.*), "LSJ"
+    # is large-scale jitter (ResizeScale + FixedSizeCrop + flip, boxes recomputed from masks).
+    _C.RETHINK.INPUT.AUGMENTATION = ""
+    # LSJ output size: images are scaled, then cropped or padded to IMAGE_SIZE x IMAGE_SIZE.
+    _C.RETHINK.INPUT.IMAGE_SIZE = 1024
+    # LSJ scale range, as a factor of IMAGE_SIZE (Ghiasi et al. and Detectron2: 0.1 to 2.0).
+    _C.RETHINK.INPUT.MIN_SCALE = 0.1
+    # Upper end of the LSJ scale range.
+    _C.RETHINK.INPUT.MAX_SCALE = 2.0
+    # Send DDP gradients in fp16 (Detectron2's create_ddp_model(fp16_compression=True)).
+    _C.RETHINK.DDP_FP16_COMPRESSION = False
+
+    # ---- data order audit (see rethink_d2/data/build.py, TrainLoaderPosition) ----
+    # Write the image ids of every batch each rank consumed to OUTPUT_DIR/ids_rank<R>.jsonl.
+    _C.RETHINK.DATA.RECORD_IDS = False
     return cfg

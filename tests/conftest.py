@@ -1,4 +1,5 @@
 """Shared fixtures: a per-session data cache, the repository paths, and a train_net runner."""
+import logging
 import os
 import subprocess
 import sys
@@ -30,6 +31,8 @@ TINY_OPTS = [
     "DATASETS.TEST", "()",
     "DATALOADER.NUM_WORKERS", "0",
     "RETHINK.PLOT_LEARNING_CURVE", "False",
+    # explicit: a CUDA config run by several processes without a GPU stops instead of falling back
+    "MODEL.DEVICE", "cpu",
 ]
 
 
@@ -41,6 +44,14 @@ os.environ["RETHINK_D2_DATA"] = os.environ.get("RETHINK_D2_TEST_DATA") or tempfi
     prefix="rethink_d2_test_data_"
 )
 os.environ["RETHINK_D2_CACHE"] = tempfile.mkdtemp(prefix="rethink_d2_test_cache_")
+
+
+@pytest.fixture(autouse=True)
+def _logs_reach_caplog():
+    """Detectron2's setup_logger (run by in-process training) stops these loggers from
+    propagating to the root logger, where caplog listens: every test starts with it restored."""
+    for name in ("detectron2", "rethink_d2", "fvcore"):
+        logging.getLogger(name).propagate = True
 
 
 @pytest.fixture(autouse=True)

@@ -1,14 +1,26 @@
-"""Scheduler environment -> train_net launch flags (rethink_d2.launch), table-driven."""
+"""Scheduler environment -> train_net launch flags (rethink_d2.launch), table-driven.
+
+Pure functions of an environment mapping; no real Slurm or Kubernetes is involved.
+"""
 
 import os
+import signal
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
 from conftest import REPO
 from rethink_d2.launch import expand_slurm_nodelist, launch_args_from_env
-from rethink_d2.launch.__main__ import merge_launch_args
+from rethink_d2.launch.__main__ import (
+    RETRY_EXIT_CODE_ENV_VAR,
+    main as launch_main,
+    merge_launch_args,
+    reported_exit_code,
+    retry_exit_code,
+)
+from rethink_d2.engine.preemption import PREEMPTED_EXIT_CODE
 from rethink_d2.utils.errors import ConfigError
 
 
@@ -110,6 +122,38 @@ CASES = [
         flags(3, 1, 0, "tcp://x:10007"),
     ),
     (
+        "Slurm sub-allocation: the step's node list, node count and rank, not the job's",
+        {
+            **SLURM_2x4,
+            "SLURM_JOB_NODELIST": "gpu-a[01-08]",
+            "SLURM_JOB_NUM_NODES": "8",
+            "SLURM_STEP_NODELIST": "gpu-a[05-06]",
+            "SLURM_STEP_NUM_NODES": "2",
+        },
+        1,
+        flags(4, 2, 1, "tcp://gpu-a05:14242"),
+    ),
+    (
+        "Slurm, one task per node, template exports MASTER_ADDR/WORLD_SIZE/RANK too",
+        {
+            **SLURM_2x4,
+            "SLURM_LOCALID": "0",
+            "SLURM_NTASKS_PER_NODE": "1",
+            "SLURM_STEP_TASKS_PER_NODE": "1(x2)",
+            "MASTER_ADDR": "gpu-a07",
+            "WORLD_SIZE": "2",
+            "RANK": "1",
+        },
+        1,
+        flags(4, 2, 1, "tcp://gpu-a07:14242"),
+    ),
+    (
+        "bracketed IPv6 master address",
+        {"MASTER_ADDR": "[fd00::1]", "MASTER_PORT": "1234", "NNODES": "2", "NODE_RANK": "1"},
+        1,
+        flags(1, 2, 1, "tcp://[fd00::1]:1234"),
+    ),
+    (
         "IPv6 master address is bracketed",
         {"MASTER_ADDR": "fd00::1", "MASTER_PORT": "1234", "NNODES": "2", "NODE_RANK": "1"},
         1,
@@ -130,6 +174,21 @@ CASES = [
 def test_env_to_launch_flags(environ, gpus, expected):
     assert launch_args_from_env(environ, gpus_per_node=gpus) == expected
 
+
+# A one-task-per-GPU sbatch template (--nodes=2 --ntasks-per-node=8) that exports the torch
+# variables per task: without the Slurm check, 16 launchers would share 2 machine ranks.
+SLURM_PER_GPU_TEMPLATE = {
+    **SLURM_2x4,
+    "SLURM_NTASKS": "16",
+    "SLURM_LOCALID": "0",
+    "SLURM_STEP_TASKS_PER_NODE": "8(x2)",
+    "SLURM_NTASKS_PER_NODE": "8",
+    "MASTER_ADDR": "gpu-a07",
+    "MASTER_PORT": "29500",
+    "WORLD_SIZE": "16",
+    "RANK": "8",
+    "LOCAL_RANK": "0",
+}
 
 # (case id, environment, words the one-line error must contain)
 BAD = [
@@ -156,6 +215,46 @@ BAD = [
         "bad Slurm node list",
         {**SLURM_2x4, "SLURM_JOB_NODELIST": "node[01-"},
         ["node[01-", "Slurm host list"],
+    ),
+    (
+        "one task per GPU, template exports torch variables (task 3 of a node)",
+        {**SLURM_PER_GPU_TEMPLATE, "SLURM_LOCALID": "3"},
+        ["SLURM_LOCALID=3", "--ntasks-per-node=1"],
+    ),
+    (
+        "one task per GPU, template exports torch variables (first task of a node)",
+        SLURM_PER_GPU_TEMPLATE,
+        ["SLURM_STEP_TASKS_PER_NODE=8(x2)", "--ntasks-per-node=1"],
+    ),
+    (
+        "one task per GPU, only the job's --ntasks-per-node is known",
+        {"SLURM_JOB_ID": "5", "SLURM_NTASKS_PER_NODE": "8", "MASTER_ADDR": "n1", "NNODES": "2"},
+        ["SLURM_NTASKS_PER_NODE=8", "--ntasks-per-node=1"],
+    ),
+    (
+        "bad Slurm tasks-per-node value",
+        {"SLURM_JOB_ID": "5", "SLURM_STEP_TASKS_PER_NODE": "eight"},
+        ["SLURM_STEP_TASKS_PER_NODE", "'eight'"],
+    ),
+    (
+        "WORLD_SIZE counts GPUs while Slurm runs one task per node",
+        {**SLURM_2x4, "MASTER_ADDR": "gpu-a07", "WORLD_SIZE": "8", "RANK": "1"},
+        ["WORLD_SIZE=8", "2 node(s)", "set it to 2"],
+    ),
+    (
+        "MASTER_ADDR holds host:port",
+        {"MASTER_ADDR": "node0:29500", "NNODES": "2", "NODE_RANK": "1"},
+        ["MASTER_ADDR='node0:29500'", "MASTER_ADDR=node0 and MASTER_PORT=29500"],
+    ),
+    (
+        "PET_MASTER_ADDR holds [IPv6]:port",
+        {"PET_MASTER_ADDR": "[fd00::1]:29400", "PET_NNODES": "2", "PET_NODE_RANK": "0"},
+        ["PET_MASTER_ADDR=fd00::1 and PET_MASTER_PORT=29400"],
+    ),
+    (
+        "MASTER_ADDR holds a URL",
+        {"MASTER_ADDR": "tcp://node0", "NNODES": "2", "NODE_RANK": "1"},
+        ["'tcp://node0'", "set MASTER_ADDR=node0"],
     ),
 ]
 
@@ -247,3 +346,105 @@ def test_launcher_cli_bad_env_exits_2_with_one_line():
     errors = [line for line in proc.stderr.splitlines() if line.startswith("rethink-d2: error:")]
     assert len(errors) == 1 and "MASTER_ADDR" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture
+def clean_env(monkeypatch):
+    """This process's environment without scheduler variables (restored after the test)."""
+    for name in list(os.environ):
+        if name.startswith(("SLURM_", "PET_")) or name in SCHEDULER_VARS:
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+@pytest.mark.parametrize(
+    "env, word",
+    [
+        ({"MASTER_ADDR": "node0:29500", "NNODES": "2", "NODE_RANK": "0"}, "MASTER_PORT=29500"),
+        ({**SLURM_PER_GPU_TEMPLATE, "SLURM_LOCALID": "5"}, "SLURM_LOCALID=5"),
+        ({RETRY_EXIT_CODE_ENV_VAR: "2"}, RETRY_EXIT_CODE_ENV_VAR),
+    ],
+    ids=["host:port", "one task per GPU", "bad retry code"],
+)
+def test_launcher_main_bad_env_returns_2_with_one_line(clean_env, capsys, env, word):
+    """The launcher's main() in this process (the subprocess test above covers the CLI)."""
+    for name, value in env.items():
+        clean_env.setenv(name, value)
+    assert launch_main(["--dry-run", "--gpus-per-node", "1", "--config", "c.yaml"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    (line,) = captured.err.splitlines()
+    assert line.startswith("rethink-d2: error:") and word in line, line
+
+
+@pytest.mark.parametrize(
+    "returncode, retry_code, expected",
+    [
+        (0, 143, 0),
+        (2, 143, 2),  # user error: never restarted
+        (PREEMPTED_EXIT_CODE, 143, 143),
+        (1, 143, 143),
+        (-9, 143, 143),  # killed by a signal
+        (PREEMPTED_EXIT_CODE, None, PREEMPTED_EXIT_CODE),
+        (-15, None, 143),  # as a shell reports it
+    ],
+)
+def test_reported_exit_code(returncode, retry_code, expected):
+    assert reported_exit_code(returncode, retry_code) == expected
+
+
+def test_retry_exit_code_values():
+    assert retry_exit_code({}) is None and retry_exit_code({RETRY_EXIT_CODE_ENV_VAR: ""}) is None
+    assert retry_exit_code({RETRY_EXIT_CODE_ENV_VAR: "143"}) == 143
+    for bad in ("0", "2", "256", "-1", "x"):
+        with pytest.raises(ConfigError, match=RETRY_EXIT_CODE_ENV_VAR):
+            retry_exit_code({RETRY_EXIT_CODE_ENV_VAR: bad})
+
+
+# Stands in for tools/train_net.py: exits with its last argument, or with 75 on SIGTERM when it is
+# "wait" (like a preempted run), after printing "ready".
+FAKE_TRAIN_NET = textwrap.dedent("""
+    import signal, sys, time
+    if sys.argv[-1] == "wait":
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(75))
+        print("ready", flush=True)
+        time.sleep(60)
+        sys.exit(1)
+    sys.exit(int(sys.argv[-1]))
+    """)
+
+
+@pytest.fixture
+def fake_train_net(tmp_path):
+    path = tmp_path / "fake_train_net.py"
+    path.write_text(FAKE_TRAIN_NET)
+    return str(path)
+
+
+@pytest.mark.parametrize("code, expected", [(PREEMPTED_EXIT_CODE, 143), (2, 2), (0, 0)])
+def test_launcher_reports_retry_exit_code(clean_env, capsys, fake_train_net, code, expected):
+    clean_env.setenv("RETHINK_D2_TRAIN_NET", fake_train_net)
+    clean_env.setenv(RETRY_EXIT_CODE_ENV_VAR, "143")
+    assert launch_main(["--gpus-per-node", "1", str(code)]) == expected
+    mapped = f"train_net exited with {code}; reporting 143" in capsys.readouterr().err
+    assert mapped == (expected != code)
+
+
+def test_launcher_forwards_sigterm_when_it_maps_exit_codes(fake_train_net):
+    env = {"RETHINK_D2_TRAIN_NET": fake_train_net, RETRY_EXIT_CODE_ENV_VAR: "143"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rethink_d2.launch", "--gpus-per-node", "1", "wait"],
+        cwd=REPO,
+        env=_scheduler_env(env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.send_signal(signal.SIGTERM)  # only the launcher, as Kubernetes signals PID 1
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, stderr
+    assert f"train_net exited with {PREEMPTED_EXIT_CODE}; reporting 143" in stderr

@@ -1,16 +1,21 @@
 """Non-finite losses stop every rank at the same iteration with one clear TrainingError."""
 
+import collections
+import contextlib
 import hashlib
 import json
 import os
+from unittest import mock
 
 import pytest
 import torch
-from detectron2.engine import launch
+import torch.distributed as dist
+from detectron2.engine import HookBase, SimpleTrainer, launch
 from detectron2.utils import comm
 
 from cluster_utils import errors_of, free_port, start_train_net, tagged_checkpoint, wait
 from rethink_d2.engine.nonfinite import FiniteLossTrainer
+from rethink_d2.engine.preemption import PreemptionHook
 from rethink_d2.engine.trainer import wrap_model_for_distributed
 from rethink_d2.utils.errors import TrainingError
 
@@ -112,17 +117,20 @@ def test_train_net_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path):
         name: sha1(os.path.join(out, name)) for name in os.listdir(out) if name.endswith(".pth")
     }
 
-    # Continue the run to 6 iterations with an infinite RPN loss weight: the loss is inf at
-    # the first new iteration (3).
+    # Continue the run (--resume: the config differs) to 6 iterations with an infinite RPN loss
+    # weight: the loss is inf at the first new iteration (3).
     proc, log = start_train_net(
         out,
         ["SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "1", "MODEL.RPN.LOSS_WEIGHT", "1e999"],
+        flags=["--resume"],
         log_name="diverged.txt",
     )
     code, output = wait(proc, log)
     assert code == 2, output[-3000:]
     (error,) = errors_of(output)
     assert "non-finite loss at iteration 3" in error and "loss_rpn_cls=inf" in error
+    # Detectron2's training loop logs exceptions with their traceback: not this one
+    assert "Traceback" not in output and "Exception during training" not in output
     # Nothing was written after the failure: same files, same bytes, same tag.
     after = {
         name: sha1(os.path.join(out, name)) for name in os.listdir(out) if name.endswith(".pth")
@@ -131,3 +139,72 @@ def test_train_net_stops_with_one_line_and_keeps_the_last_checkpoint(tmp_path):
     state = torch.load(os.path.join(out, tagged), map_location="cpu", weights_only=False)
     assert state["iteration"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+# ---------------------------------------------------------------------------------------------
+# one collective per iteration
+# ---------------------------------------------------------------------------------------------
+# Every torch.distributed collective Detectron2 or rethink-d2 calls from Python (DDP's gradient
+# all-reduce runs in C++ and is the same for both trainers).
+COLLECTIVES = (
+    "all_reduce", "all_gather", "all_gather_object", "gather", "gather_object", "broadcast",
+    "broadcast_object_list", "barrier", "reduce", "reduce_scatter", "all_to_all",
+    "scatter", "scatter_object_list",
+)  # fmt: skip
+
+
+class CollectivesPerStep(HookBase):
+    """Records, after every iteration, how many collectives ran during it."""
+
+    def __init__(self, counts):
+        self.counts, self.per_step, self._last = counts, [], 0
+
+    def after_step(self):
+        total = sum(self.counts.values())
+        self.per_step.append(total - self._last)
+        self._last = total
+
+
+def _count_collectives_worker(result_dir):
+    torch.set_num_threads(1)
+    counts = collections.Counter()
+    per_step = {}
+    with contextlib.ExitStack() as stack:
+        for name in COLLECTIVES:
+            original = getattr(dist, name)
+
+            def counting(*args, _name=name, _original=original, **kwargs):
+                counts[_name] += 1
+                return _original(*args, **kwargs)
+
+            stack.enter_context(mock.patch.object(dist, name, counting))
+        for kind in ("detectron2", "rethink_d2"):
+            model = wrap_model_for_distributed(ToyDetector(bad_iteration=-1))
+            optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+            if kind == "detectron2":
+                trainer, extra = SimpleTrainer(model, iter(range(8)), optimizer), []
+            else:
+                trainer = FiniteLossTrainer(model, iter(range(8)), optimizer)
+                extra = [PreemptionHook(None, step_vote=trainer.step_vote)]
+            before = counts["all_reduce"]
+            clock = CollectivesPerStep(counts)
+            trainer.register_hooks(extra + [clock])
+            trainer.train(0, 8)
+            per_step[kind] = clock.per_step[1:]  # the first one also creates D2's gloo group
+            per_step[kind + " all_reduce"] = counts["all_reduce"] - before
+    with open(os.path.join(result_dir, f"rank{comm.get_rank()}.json"), "w") as f:
+        json.dump(per_step, f)
+
+
+def test_nonfinite_and_preemption_checks_add_one_collective_per_iteration(tmp_path):
+    launch(
+        _count_collectives_worker, 2, dist_url=f"tcp://127.0.0.1:{free_port()}",
+        args=(str(tmp_path),),
+    )  # fmt: skip
+    for rank in (0, 1):
+        per_step = json.load(open(tmp_path / f"rank{rank}.json"))
+        theirs, ours = per_step["detectron2"], per_step["rethink_d2"]
+        assert len(ours) == len(theirs) == 7
+        assert ours == [n + 1 for n in theirs], per_step
+        # ... and it is the vote's all-reduce, once per iteration (8 iterations)
+        assert per_step["rethink_d2 all_reduce"] - per_step["detectron2 all_reduce"] == 8

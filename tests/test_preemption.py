@@ -6,11 +6,16 @@ import signal
 import pytest
 import torch
 
+from detectron2.checkpoint import Checkpointer
+
 from cluster_utils import CLUSTER_OPTS, read_metrics, start_train_net, tagged_checkpoint, wait
 from cluster_utils import wait_until
 from conftest import QUICKSTART
 from rethink_d2.engine import Trainer, build_config
-from rethink_d2.engine.preemption import PREEMPTED_EXIT_CODE
+from rethink_d2.engine.data_seen import DataSeenCounter, DataSeenHook
+from rethink_d2.engine.nonfinite import FiniteLossTrainer
+from rethink_d2.engine.preemption import PREEMPTED_EXIT_CODE, PreemptionHook
+from test_data_seen import batches_from, expected_counts
 
 MAX_ITER = 14
 # Warm-up over the whole run: the LR changes at every iteration, so a scheduler that restarted
@@ -73,3 +78,47 @@ def test_sigterm_checkpoints_exits_75_and_resume_continues(tmp_path):
     for iteration, record in records.items():
         assert record["lr"] == pytest.approx(lrs[iteration], rel=1e-6), iteration
     assert lrs[k] != pytest.approx(lrs[MAX_ITER - 1 - (k + 1)])  # a restarted LR would differ
+
+
+# ---------------------------------------------------------------------------------------------
+# the preemption checkpoint holds the data-seen counts of its own iteration
+# ---------------------------------------------------------------------------------------------
+class SignalAt(torch.nn.Module):
+    """A model of batches that signals its own process while running iteration ``at``."""
+
+    def __init__(self, at):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(2))
+        self.at, self.calls = at, 0
+
+    def forward(self, batch):
+        if self.calls == self.at:
+            os.kill(os.getpid(), signal.SIGUSR1)  # blocked during the iteration: stays pending
+        self.calls += 1
+        return {"loss": (self.weight**2).sum() * len(batch)}
+
+
+def test_preemption_checkpoint_holds_the_counts_of_its_iteration(tmp_path):
+    k = 6  # not a multiple of any period: DataSeenHook last summed nothing (period 20)
+    counter = DataSeenCounter(batches_from(0))
+    model = SignalAt(k)
+    trainer = FiniteLossTrainer(model, counter, torch.optim.SGD(model.parameters(), lr=0.01))
+    checkpointer = Checkpointer(model, str(tmp_path), data_seen=counter)
+    trainer.register_hooks(
+        [
+            DataSeenHook(counter, period=20),
+            PreemptionHook(
+                checkpointer, step_vote=trainer.step_vote, before_save=[counter.synchronize]
+            ),
+        ]
+    )
+    with pytest.raises(SystemExit) as stopped:
+        trainer.train(0, 20)
+    assert stopped.value.code == PREEMPTED_EXIT_CODE
+    # preempted after the very iteration the signal arrived in (it was pending at the vote)
+    state = torch.load(tmp_path / f"model_{k:07d}.pth", map_location="cpu", weights_only=False)
+    assert state["iteration"] == k
+    images, instances, pixels = expected_counts(range(k + 1))
+    assert state["data_seen"] == {
+        "images": images, "instances": instances, "pixels": pixels, "batches": k + 1,
+    }  # fmt: skip

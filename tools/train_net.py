@@ -8,7 +8,7 @@ Train (or evaluate) a detector with rethink-d2.
     python tools/train_net.py --config FILE --eval-only MODEL.WEIGHTS output/model_final.pth
 
 Trailing KEY VALUE pairs override the config. Multi-machine: add --num-machines N
---machine-rank R --dist-url tcp://HOST:PORT (see docker/README.md for Slurm and Kubernetes).
+--machine-rank R --dist-url tcp://HOST:PORT (see docs/cluster.md for Slurm and Kubernetes).
 """
 import warnings
 
@@ -38,6 +38,7 @@ def setup(args):
         args.opts,
         world_size=comm.get_world_size(),
         for_training=not args.eval_only,
+        datasets=args.datasets,
     )
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="rethink_d2", abbrev_name="rd2")

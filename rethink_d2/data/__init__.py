@@ -3,6 +3,9 @@
 # built-in demo dataset: registers rethink_shapes_train / rethink_shapes_val
 from . import shapes  # noqa: F401
 
+# your own COCO-format data: RETHINK.DATASETS.COCO_INSTANCES (tools/train_net.py --dataset)
+from .coco_datasets import read_coco_categories, register_coco_datasets
+
 # subsets: "<dataset>@<size>" names, manifests
 from .subset_spec import parse_subset_name
 from .subsets import get_subset_record, register_subset, register_subset_datasets
@@ -14,6 +17,8 @@ from .samplers import SAMPLER_REGISTRY, SubsetTrainingSampler, build_train_sampl
 from .build import build_train_loader
 
 __all__ = [
+    "read_coco_categories",
+    "register_coco_datasets",
     "parse_subset_name",
     "get_subset_record",
     "register_subset",

@@ -42,6 +42,18 @@ Training samplers by ``DATALOADER.SAMPLER_TRAIN`` name: ``(cfg, dataset) -> Samp
 ``dataset`` is the list of dataset dicts of ``DATASETS.TRAIN``.
 """
 
+# Built-in samplers as ``(cfg, dataset) -> factory``, ``factory(order_seed) -> Sampler``: what a
+# resumed run needs to rebuild the stream of a run whose SEED was random (SEED < 0).
+_ORDER_FACTORIES = {}
+
+
+def _order_factory(name):
+    def register(prepare):
+        _ORDER_FACTORIES[name] = prepare
+        return prepare
+
+    return register
+
 # Detectron2 samplers that its own loader builds from cfg (they reload DATASETS.TRAIN per name);
 # build_train_sampler returns None for them and the loader lets Detectron2 choose.
 DETECTRON2_CFG_SAMPLERS = ("WeightedTrainingSampler", "WeightedCategoryTrainingSampler")
@@ -132,7 +144,13 @@ def TrainingSampler(cfg, dataset):  # noqa: N802 (named after its DATALOADER.SAM
     Returns:
         detectron2.data.samplers.TrainingSampler
     """
-    return d2_samplers.TrainingSampler(len(dataset), seed=_order_seed(cfg))
+    return _training_factory(cfg, dataset)(_order_seed(cfg))
+
+
+@_order_factory("TrainingSampler")
+def _training_factory(cfg, dataset):
+    size = len(dataset)
+    return lambda seed: d2_samplers.TrainingSampler(size, seed=seed)
 
 
 @SAMPLER_REGISTRY.register()
@@ -148,10 +166,15 @@ def RepeatFactorTrainingSampler(cfg, dataset):  # noqa: N802
     Returns:
         detectron2.data.samplers.RepeatFactorTrainingSampler
     """
+    return _repeat_factor_factory(cfg, dataset)(_order_seed(cfg))
+
+
+@_order_factory("RepeatFactorTrainingSampler")
+def _repeat_factor_factory(cfg, dataset):
     factors = d2_samplers.RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
         dataset, cfg.DATALOADER.REPEAT_THRESHOLD, sqrt=cfg.DATALOADER.REPEAT_SQRT
     )
-    return d2_samplers.RepeatFactorTrainingSampler(factors, seed=_order_seed(cfg))
+    return lambda seed: d2_samplers.RepeatFactorTrainingSampler(factors, seed=seed)
 
 
 @SAMPLER_REGISTRY.register()
@@ -170,6 +193,11 @@ def RandomSubsetTrainingSampler(cfg, dataset):  # noqa: N802
     Raises:
         ConfigError: the ratio key is missing.
     """
+    return _random_subset_factory(cfg, dataset)(_order_seed(cfg))
+
+
+@_order_factory("RandomSubsetTrainingSampler")
+def _random_subset_factory(cfg, dataset):
     ratio = cfg.DATALOADER.get("RANDOM_SUBSET_RATIO")
     if ratio is None:
         raise ConfigError(
@@ -177,9 +205,9 @@ def RandomSubsetTrainingSampler(cfg, dataset):  # noqa: N802
             "DATALOADER.RANDOM_SUBSET_RATIO, which is not in Detectron2's default config; use "
             f"'{SUBSET_SAMPLER}' with RETHINK.DATA.SAMPLER_SUBSET (e.g. '0.1') instead"
         )
-    seed = _order_seed(cfg)
-    return d2_samplers.RandomSubsetTrainingSampler(
-        len(dataset), ratio, seed_shuffle=seed, seed_subset=seed
+    size = len(dataset)
+    return lambda seed: d2_samplers.RandomSubsetTrainingSampler(
+        size, ratio, seed_shuffle=seed, seed_subset=seed
     )
 
 
@@ -356,3 +384,131 @@ class SubsetTrainingSampler(Sampler):
 
 
 SAMPLER_REGISTRY.register(SubsetTrainingSampler)
+
+
+@_order_factory(SUBSET_SAMPLER)
+def _subset_factory(cfg, dataset):
+    kwargs = SubsetTrainingSampler.from_config(cfg, dataset)
+    return lambda seed: SubsetTrainingSampler(**{**kwargs, "seed": seed})
+
+
+class ResumableSampler(Sampler):
+    """
+    A rank's training stream that can continue exactly where an earlier run of it stopped.
+
+    The built-in samplers are deterministic infinite streams of one seed: a position in them is
+    a number of indices to skip, plus (with aspect-ratio grouping) the indices that sat in the
+    grouping buckets. It yields ``carry``, then ``stream[skip:]`` of the wrapped sampler.
+
+    Args:
+        factory (callable or None): ``factory(seed) -> Sampler``, the stream of a given order
+            seed; None when the sampler cannot be rebuilt for another seed.
+        seed (int or None): the order seed of ``sampler``.
+        sampler (Sampler or None): the stream; default ``factory(seed)``.
+    """
+
+    def __init__(self, factory, seed, sampler=None):
+        self._factory = factory
+        self.seed = seed
+        self.sampler = factory(seed) if sampler is None else sampler
+        self.skip = 0
+        self.carry = []
+
+    @property
+    def record(self):
+        """dict or None: the manifest entry of a subset sampler (see ``manifest.make_entry``)."""
+        return getattr(self.sampler, "record", None)
+
+    def reseed(self, seed):
+        """
+        Rebuild the stream for another order seed (to continue a run whose SEED was < 0).
+
+        Args:
+            seed (int): the order seed of the run to continue.
+
+        Returns:
+            bool: False when the sampler cannot be rebuilt (a sampler registered without a
+            factory): the stream keeps its seed.
+        """
+        if seed == self.seed:
+            return True
+        if self._factory is None or seed is None:
+            return False
+        self.sampler, self.seed = self._factory(seed), seed
+        return True
+
+    def __getstate__(self):
+        # Loader workers (spawned: pickled) only iterate; the factory may be a closure.
+        return {**self.__dict__, "_factory": None}
+
+    def __iter__(self):
+        # Runs in every loader worker (each shards the stream): skipping is cheap index work.
+        yield from self.carry
+        yield from itertools.islice(iter(self.sampler), self.skip, None)
+
+
+def build_resumable_sampler(cfg, dataset):
+    """
+    :func:`build_train_sampler`, wrapped as a :class:`ResumableSampler` with a concrete seed.
+
+    With ``SEED < 0`` the order seed is drawn once and shared by all ranks (a collective:
+    every rank must call this), so that a checkpoint can store it.
+
+    Args:
+        cfg (CfgNode): the config.
+        dataset (list[dict]): dataset dicts of ``DATASETS.TRAIN``.
+
+    Returns:
+        ResumableSampler or None: None for the samplers Detectron2's loader builds from cfg.
+    """
+    name = cfg.DATALOADER.SAMPLER_TRAIN
+    if name in DETECTRON2_CFG_SAMPLERS and name not in SAMPLER_REGISTRY:
+        return None
+    check_sampler_config(cfg)
+    seed = _order_seed(cfg)
+    if seed is None:
+        seed = int(comm.shared_random_seed())
+    logger.info(f"Using training sampler {name} (order seed {seed})")
+    prepare = _ORDER_FACTORIES.get(name)
+    if prepare is not None:
+        return ResumableSampler(prepare(cfg, dataset), seed)
+    # A sampler registered by the user: its stream is resumable when deterministic, but it
+    # cannot be rebuilt for another seed.
+    seeded = cfg.clone()
+    seeded.defrost()
+    seeded.SEED = seed
+    return ResumableSampler(None, seed, SAMPLER_REGISTRY.get(name)(seeded, dataset))
+
+
+def grouped_stream_position(stream, is_wide, batch_size, num_batches):
+    """
+    Where a stream stands after Detectron2's ``AspectRatioGroupedDataset`` made ``num_batches``
+    batches of it (pure; mirrors its two buckets, width > height and the rest).
+
+    The grouping pulls indices in stream order and emits a bucket as soon as it holds
+    ``batch_size`` items, so the last pulled index completes the last batch.
+
+    Args:
+        stream (iterable[int]): the dataset indices, in the order the grouping pulls them.
+        is_wide (sequence[bool]): per dataset index, whether width > height.
+        batch_size (int): images per batch of this process.
+        num_batches (int): batches made so far.
+
+    Returns:
+        tuple[int, list[int]]: how many indices were pulled from ``stream``, and the indices
+        still in the buckets, in the order they were pulled.
+    """
+    buckets = ([], [])
+    pulled = made = 0
+    if num_batches <= 0:
+        return 0, []
+    for index in stream:
+        bucket = buckets[0 if is_wide[index] else 1]
+        bucket.append((pulled, index))
+        pulled += 1
+        if len(bucket) == batch_size:
+            del bucket[:]
+            made += 1
+            if made == num_batches:
+                break
+    return pulled, [index for _, index in sorted(buckets[0] + buckets[1])]

@@ -14,7 +14,11 @@ resumable state:
 * leftover temp files of a killed save are ignored (they do not end in ``.pth``) and removed by
   the next save;
 * when ``last_checkpoint`` names a missing or unreadable file, resuming falls back to the newest
-  readable checkpoint with a warning, or stops with a :class:`TrainingError` if there is none.
+  readable checkpoint with a warning, or stops with a :class:`TrainingError` if there is none;
+* in a multi-process run, rank 0 alone chooses the checkpoint (and so the iteration) to resume;
+  every other rank loads the file of that name from its own ``save_dir`` after checking that it
+  exists with the same size and holds the same iteration, or every rank stops with the same
+  one-line :class:`TrainingError` (``OUTPUT_DIR`` must be shared storage).
 """
 
 import contextlib
@@ -27,6 +31,7 @@ import zipfile
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.utils import comm
 
 from ..modeling.pretrained import maybe_convert_torchvision_checkpoint
 from ..utils.errors import TrainingError
@@ -269,18 +274,103 @@ class Checkpointer(DetectionCheckpointer):
         Raises:
             TrainingError: no checkpoint of the run can be read.
         """
+        if comm.get_world_size() == 1:
+            chosen, loaded = self._resume_first_readable(resume)
+            return self.load(path, checkpointables=[]) if chosen is None else loaded
+        return self._agreed_resume_or_load(path, resume)
+
+    def _resume_first_readable(self, resume):
+        """(path, loaded data) of the first readable resume candidate; (None, None) when there
+        is none to resume. Raises TrainingError when every candidate is unreadable."""
         candidates = self._resume_candidates() if resume else []
         if not candidates:
-            return self.load(path, checkpointables=[])
+            return None, None
         for candidate in candidates:
             try:
-                return self.load(candidate)
+                return candidate, self.load(candidate)
             except UnreadableCheckpointError as e:
                 logger.warning("%s; trying an older checkpoint", e)
         raise TrainingError(
             f"no checkpoint in {self.save_dir} can be read (tried {len(candidates)}): delete "
             f"{CHECKPOINT_TAG} to start over, or set OUTPUT_DIR to a new directory"
         )
+
+    def _agreed_resume_or_load(self, path, resume):
+        """
+        resume_or_load in a multi-process run: rank 0 chooses (and loads) the checkpoint,
+        every other rank loads the file of the same name in its ``save_dir``, which must hold
+        the same bytes (shared storage); otherwise every rank raises the same TrainingError.
+        Two all_gathers, once per run.
+        """
+        rank, decision, loaded = comm.get_rank(), None, None
+        if rank == 0:
+            try:
+                chosen, loaded = self._resume_first_readable(resume)
+                decision = {"error": None, "name": None}
+                if chosen is not None:
+                    decision.update(
+                        name=os.path.basename(chosen),
+                        size=os.path.getsize(chosen),
+                        iteration=loaded.get("iteration"),
+                    )
+            except TrainingError as e:
+                decision = {"error": str(e), "name": None}
+        decision = comm.all_gather(decision)[0]
+        if decision["error"] is not None:
+            raise TrainingError(decision["error"] if rank == 0 else f"rank 0: {decision['error']}")
+        error = None
+        if rank != 0:
+            try:
+                loaded = self._load_agreed(decision, resume)
+            except (OSError, TrainingError) as e:
+                error = " ".join(str(e).split())
+        errors = [e for e in comm.all_gather(error) if e is not None]
+        if errors:
+            raise TrainingError(errors[0])
+        if decision["name"] is None:
+            return self.load(path, checkpointables=[])
+        return loaded
+
+    def _load_agreed(self, decision, resume):
+        """On a rank > 0: load the checkpoint rank 0 chose (None: nothing to resume)."""
+        where = _this_process()
+        if decision["name"] is None:
+            mine = self.get_checkpoint_file() if resume else ""
+            if mine:
+                raise TrainingError(
+                    f"{where} would resume from {mine}, but rank 0 finds no checkpoint to resume "
+                    "in its OUTPUT_DIR: OUTPUT_DIR must be shared storage that every machine "
+                    "reads (or start in a new OUTPUT_DIR)"
+                )
+            return None
+        file = os.path.join(self.save_dir, decision["name"])
+        fix = (
+            f"rank 0 resumes from its {decision['name']} (iteration {decision['iteration']}): "
+            "OUTPUT_DIR must be shared storage that every machine reads"
+        )
+        if not os.path.isfile(file):
+            raise TrainingError(f"{where} cannot read {file}: {fix}")
+        if os.path.getsize(file) != decision["size"]:
+            raise TrainingError(
+                f"{where} reads a different {file} ({os.path.getsize(file)} bytes, rank 0: "
+                f"{decision['size']}): {fix}"
+            )
+        try:
+            loaded = self.load(file)
+        except UnreadableCheckpointError as e:
+            raise TrainingError(f"{where}: {e}: {fix}") from e
+        if loaded.get("iteration") != decision["iteration"]:
+            raise TrainingError(
+                f"{where} read iteration {loaded.get('iteration')} from {file}, rank 0 "
+                f"iteration {decision['iteration']}: {fix}"
+            )
+        if not (resume and self.has_checkpoint()):
+            # The trainer continues at the checkpoint's iteration only where both hold.
+            raise TrainingError(
+                f"{where} does not see {os.path.join(self.save_dir, CHECKPOINT_TAG)} naming a "
+                f"complete checkpoint (or was not asked to resume): {fix}"
+            )
+        return loaded
 
     def load(self, path, *args, **kwargs):
         """Detectron2's ``load``, made re-entrant after a failed read (see resume_or_load)."""
@@ -307,3 +397,12 @@ class Checkpointer(DetectionCheckpointer):
                 f"cannot read checkpoint {filename}: {' '.join(str(e).split())[:200]}"
             ) from e
         return maybe_convert_torchvision_checkpoint(loaded)
+
+
+def _this_process():
+    """'machine M (rank R)' of this process, as Detectron2's launch numbers them."""
+    rank = comm.get_rank()
+    try:
+        return f"machine {rank // comm.get_local_size()} (rank {rank})"
+    except AssertionError:  # no per-machine process group (not started by launch)
+        return f"rank {rank}"

@@ -14,8 +14,9 @@ Resume: register the *counter* as a checkpointable
 of the last summation, which is exact at a checkpoint when the hook runs *before*
 ``PeriodicCheckpointer`` and knows the checkpoint period (``DataSeenHook(counter,
 checkpoint_period=cfg.SOLVER.CHECKPOINT_PERIOD)``, see :class:`DataSeenHook` for where to insert
-it). A resumed run warns if the stored totals do not cover exactly the iterations it resumes
-from.
+it), and a checkpoint written at any other iteration sums them first: the preemption checkpoint
+does (``PreemptionHook(..., before_save=[counter.synchronize])``). A resumed run warns if the
+stored totals do not cover exactly the iterations it resumes from.
 """
 
 import logging

@@ -10,10 +10,14 @@ before the time limit. During training:
    Slurm signals every process of the job, and PyTorch's workers would die on SIGTERM, taking
    the trainer down before it can checkpoint. (Such workers cannot be stopped by SIGTERM either,
    so the hook shuts the training loader's workers down itself when training ends);
-2. after each iteration :class:`PreemptionHook` asks all ranks whether any of them got a signal
-   (one 1-element ``all_reduce``), so every rank stops after the *same* iteration;
-3. the main process writes ``model_<iteration>.pth`` (atomic, tagged in ``last_checkpoint``)
-   with the trainer's checkpointer: model, optimizer, LR scheduler, iteration and hook states;
+2. all ranks agree whether any of them got a signal (received, or pending while blocked), so
+   every rank stops after the *same* iteration. With rethink-d2's trainer the flag rides in the
+   iteration's single :class:`~rethink_d2.engine.distributed.StepVote` all-reduce, next to the
+   non-finite loss flag; on its own, the hook does one 1-element ``all_reduce`` per iteration;
+3. every rank runs the ``before_save`` collectives (e.g. summing the data-seen counts, so the
+   checkpoint holds the counts of its own iteration), then the main process writes
+   ``model_<iteration>.pth`` (atomic, tagged in ``last_checkpoint``) with the trainer's
+   checkpointer: model, optimizer, LR scheduler, iteration and hook states;
 4. every process exits with :data:`PREEMPTED_EXIT_CODE` (75, ``EX_TEMPFAIL``: "temporary
    failure, try again"), the code the job scripts in ``docker/examples`` requeue on.
 
@@ -51,6 +55,8 @@ logger = logging.getLogger(__name__)
 # sysexits.h EX_TEMPFAIL: the run stopped cleanly on request and should be started again.
 PREEMPTED_EXIT_CODE = 75
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+# The flag name of the preemption check in a StepVote.
+_VOTE_FLAG = "preempt"
 
 
 class Preempted(SystemExit):
@@ -90,12 +96,25 @@ class PreemptionHook(HookBase):
         checkpointer (Checkpointer): the trainer's checkpointer (saves on the main process).
         file_prefix (str): checkpoint name prefix; files are ``<prefix>_<iteration:07d>.pth``.
         signals (tuple[signal.Signals]): the signals that request a stop.
+        step_vote (StepVote or None): the trainer's per-iteration vote (``FiniteLossTrainer``'s
+            ``step_vote``): the preemption flag travels in it instead of a collective of its own.
+        before_save (iterable[callable]): collectives every rank runs before the checkpoint is
+            written, e.g. ``DataSeenCounter.synchronize``.
     """
 
-    def __init__(self, checkpointer, file_prefix="model", signals=PREEMPTION_SIGNALS):
+    def __init__(
+        self,
+        checkpointer,
+        file_prefix="model",
+        signals=PREEMPTION_SIGNALS,
+        step_vote=None,
+        before_save=(),
+    ):
         self.checkpointer = checkpointer
         self.file_prefix = file_prefix
         self.signals = tuple(signals)
+        self.step_vote = step_vote
+        self.before_save = list(before_save)
         self.received = None
         self._previous = {}
 
@@ -108,11 +127,21 @@ class PreemptionHook(HookBase):
             how = signal.SIG_BLOCK if blocked else signal.SIG_UNBLOCK
             signal.pthread_sigmask(how, self.signals)
 
+    def _signalled(self):
+        """Whether a signal was received, or is pending while the signals are blocked."""
+        if self.received is not None:
+            return True
+        return bool(self._previous) and not set(self.signals).isdisjoint(signal.sigpending())
+
     def before_train(self):
         self._previous = _install(self.signals, self._on_signal)
         self._block(True)
+        if self.step_vote is not None:
+            self.step_vote.add_source(_VOTE_FLAG, self._signalled)
 
     def after_train(self):
+        if self.step_vote is not None:
+            self.step_vote.remove_source(_VOTE_FLAG)
         self._block(False)
         if self._previous:
             _stop_data_loader_workers(self.trainer)
@@ -121,7 +150,12 @@ class PreemptionHook(HookBase):
 
     def after_step(self):
         self._block(False)  # a signal that arrived during the iteration is handled now
-        if not any_rank(self.received is not None):
+        stop = None
+        if self.step_vote is not None:
+            stop = self.step_vote.agreed(_VOTE_FLAG, self.trainer.iter)
+        if stop is None:  # no vote this iteration (another trainer): agree here
+            stop = any_rank(self.received is not None)
+        if not stop:
             self._block(True)
             return
         iteration = self.trainer.iter
@@ -130,6 +164,8 @@ class PreemptionHook(HookBase):
             logger.warning("Got %s at the last iteration: finishing the run normally", what)
             return
         name = f"{self.file_prefix}_{iteration:07d}"
+        for collective in self.before_save:
+            collective()
         if comm.is_main_process():
             # A periodic checkpoint of this very iteration may have just been written.
             if os.path.basename(self.checkpointer.get_checkpoint_file()) != f"{name}.pth":

@@ -23,14 +23,16 @@ from collections import OrderedDict
 
 from detectron2.engine import DefaultTrainer, TrainerBase
 from detectron2.engine import create_ddp_model, hooks
-from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
+from detectron2.evaluation import PascalVOCDetectionEvaluator
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import GeneralizedRCNNWithTTA
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
 from ..data import build_train_loader
-from ..modeling import build_model
+from ..data.build import TrainLoaderPosition
+from ..evaluation import FastCOCOEvaluator
+from ..modeling import build_model, check_scratch_config
 from ..resolve import resolve_config
 from ..utils.errors import ConfigError
 from .checkpoint import Checkpointer
@@ -38,6 +40,7 @@ from .data_seen import DataSeenCounter, DataSeenHook
 from .learning_curve import LearningCurveHook
 from .nonfinite import FiniteLossAMPTrainer, FiniteLossTrainer
 from .preemption import PreemptionHook
+from .run_dir import check_same_run, write_run_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +49,7 @@ def _coco_evaluator(cfg, dataset_name, output_folder):
     # Tasks come from the config, not from the predictions: a model that predicts nothing yet
     # (early in a scratch run) still reports segm/keypoint AP, so learning curves stay aligned.
     tasks = ("bbox",) + ("segm",) * cfg.MODEL.MASK_ON + ("keypoints",) * cfg.MODEL.KEYPOINT_ON
-    return COCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
+    return FastCOCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
 
 
 # Detectron2 metadata "evaluator_type" -> evaluator factory(cfg, dataset_name, output_folder)
@@ -56,7 +59,7 @@ _EVALUATORS = {
 }
 
 
-def wrap_model_for_distributed(model):
+def wrap_model_for_distributed(model, fp16_compression=False):
     """
     Wrap ``model`` in DistributedDataParallel when more than one process trains.
 
@@ -65,13 +68,19 @@ def wrap_model_for_distributed(model):
 
     Args:
         model (nn.Module): the model, already moved to its device.
+        fp16_compression (bool): all-reduce gradients in fp16 (``RETHINK.DDP_FP16_COMPRESSION``).
 
     Returns:
         nn.Module: ``model`` itself in a single process, else the DDP wrapper.
     """
     on_cuda = next(model.parameters()).is_cuda
     device_ids = [comm.get_local_rank()] if on_cuda else None
-    return create_ddp_model(model, broadcast_buffers=False, device_ids=device_ids)
+    return create_ddp_model(
+        model,
+        broadcast_buffers=False,
+        device_ids=device_ids,
+        fp16_compression=fp16_compression,
+    )
 
 
 class Trainer(DefaultTrainer):
@@ -90,6 +99,7 @@ class Trainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = resolve_config(cfg)
+        check_scratch_config(cfg)  # here, where training starts; never when building a model
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
             raise ConfigError(
@@ -101,7 +111,9 @@ class Trainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         self.data_seen = DataSeenCounter(data_loader) if cfg.RETHINK.LOG_DATA_SEEN else None
-        model = wrap_model_for_distributed(model)
+        model = wrap_model_for_distributed(
+            model, fp16_compression=cfg.RETHINK.DDP_FP16_COMPRESSION
+        )
         trainer_class = FiniteLossAMPTrainer if cfg.SOLVER.AMP.ENABLED else FiniteLossTrainer
         self._trainer = trainer_class(model, self.data_seen or data_loader, optimizer)
 
@@ -112,6 +124,8 @@ class Trainer(DefaultTrainer):
             max_to_keep=cfg.RETHINK.CHECKPOINTS_TO_KEEP,
             trainer=weakref.proxy(self),
         )
+        if isinstance(data_loader, TrainLoaderPosition):  # the data order across resumes
+            self.checkpointer.add_checkpointable("data_position", data_loader)
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
@@ -123,9 +137,14 @@ class Trainer(DefaultTrainer):
         and a checkpoint of this run exists), else load ``MODEL.WEIGHTS`` (if any).
 
         Args:
-            resume (bool): what the user asked for (``--resume``).
+            resume (bool): what the user asked for (``--resume``); True also continues a
+                checkpoint whose run fingerprint differs from this config's.
+
+        Raises:
+            ConfigError: auto-resume found a checkpoint of another config in ``OUTPUT_DIR``.
         """
         if not resume and self.cfg.RETHINK.AUTO_RESUME and self.checkpointer.has_checkpoint():
+            check_same_run(self.cfg, has_checkpoint=True)
             logger.info(
                 "Auto-resume: %s already holds a checkpoint of this run (%s); continuing it. "
                 "Set RETHINK.AUTO_RESUME False or use a new OUTPUT_DIR to start over.",
@@ -134,6 +153,7 @@ class Trainer(DefaultTrainer):
             )
             resume = True
         super().resume_or_load(resume=resume)
+        write_run_fingerprint(self.cfg)
 
     def build_hooks(self):
         """
@@ -159,7 +179,13 @@ class Trainer(DefaultTrainer):
         if comm.is_main_process() and self.cfg.RETHINK.PLOT_LEARNING_CURVE:
             ret.append(LearningCurveHook(self.cfg.OUTPUT_DIR))
         # Last: its checkpoint holds the state after every other hook ran for the iteration.
-        ret.append(PreemptionHook(self.checkpointer))
+        # Its flag rides in the inner trainer's per-iteration vote; counts are summed before saving.
+        before_save = [self.data_seen.synchronize] if self.data_seen is not None else []
+        ret.append(
+            PreemptionHook(
+                self.checkpointer, step_vote=self._trainer.step_vote, before_save=before_save
+            )
+        )
         return ret
 
     @classmethod
@@ -215,7 +241,8 @@ class Trainer(DefaultTrainer):
         """
         Pick the evaluator from the dataset's ``evaluator_type`` metadata.
 
-        COCOEvaluator falls back to pycocotools when Detectron2's compiled extension is absent.
+        COCO AP is computed by :class:`rethink_d2.evaluation.FastCOCOEvaluator`: Detectron2's
+        compiled fast path, else faster-coco-eval, else pycocotools.
 
         Returns:
             DatasetEvaluator

@@ -8,18 +8,29 @@ Flags given explicitly (``--num-gpus 4``) win over the environment. The process 
 train_net (``exec``), so signals from the scheduler reach the trainer directly.
 ``$RETHINK_D2_TRAIN_NET`` points at another train_net script (default: the repository's
 ``tools/train_net.py``, next to the ``rethink_d2`` package).
+
+``$RETHINK_D2_RETRY_EXIT_CODE`` (e.g. 143) is for schedulers that decide restarts by exit code
+ranges, such as Kubeflow's ``restartPolicy: ExitCode`` (codes 128-255 are restarted, 1-127 are
+not): the launcher then runs train_net as a child, forwards SIGTERM/SIGUSR1 to it, keeps exit
+codes 0 and 2 (user error: never restart) and reports every other one (75 = preempted after a
+checkpoint, crashes, deaths by signal) as this code.
 """
 
 import argparse
 import os
 import shlex
+import signal
+import subprocess
 import sys
 
 from ..utils.errors import ConfigError
 from .env import LAUNCH_FLAGS, detect_scheduler, launch_args_from_env
 
 TRAIN_NET_ENV_VAR = "RETHINK_D2_TRAIN_NET"
+RETRY_EXIT_CODE_ENV_VAR = "RETHINK_D2_RETRY_EXIT_CODE"
 EXIT_USER_ERROR = 2
+# Signals the schedulers send before they kill (see rethink_d2.engine.preemption).
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 def find_train_net(environ):
@@ -44,6 +55,78 @@ def find_train_net(environ):
             f"set {TRAIN_NET_ENV_VAR}=/path/to/tools/train_net.py"
         )
     return path
+
+
+def retry_exit_code(environ):
+    """
+    Args:
+        environ (Mapping[str, str]): the environment.
+
+    Returns:
+        int or None: ``$RETHINK_D2_RETRY_EXIT_CODE``, or None when it is unset or empty.
+
+    Raises:
+        ConfigError: the value is not an exit code in [1, 255] other than 2.
+    """
+    value = environ.get(RETRY_EXIT_CODE_ENV_VAR, "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or not 1 <= int(value) <= 255 or int(value) == EXIT_USER_ERROR:
+        raise ConfigError(
+            f"{RETRY_EXIT_CODE_ENV_VAR}={value!r} must be an exit code in [1, 255] other than "
+            f"{EXIT_USER_ERROR} (e.g. 143 for Kubeflow's restartPolicy: ExitCode), or unset"
+        )
+    return int(value)
+
+
+def reported_exit_code(returncode, retry_code):
+    """
+    The exit code the launcher reports for train_net's.
+
+    Args:
+        returncode (int): train_net's ``Popen.returncode`` (negative: killed by that signal).
+        retry_code (int or None): from :func:`retry_exit_code`.
+
+    Returns:
+        int: 0 and 2 (user error) unchanged; any other code becomes ``retry_code`` when it is
+        set, else stays (a death by signal N becomes ``128 + N``, as in a shell).
+    """
+    if returncode in (0, EXIT_USER_ERROR):
+        return returncode
+    if retry_code is not None:
+        return retry_code
+    return 128 - returncode if returncode < 0 else returncode
+
+
+def run_with_retry_code(command, retry_code):
+    """
+    Run ``command`` as a child, forwarding the preemption signals, and map its exit code.
+
+    Args:
+        command (list[str]): the train_net command.
+        retry_code (int): see :func:`reported_exit_code`.
+
+    Returns:
+        int: the exit code to report.
+    """
+    child = subprocess.Popen(command)
+    previous = {
+        sig: signal.signal(sig, lambda s, f: child.send_signal(s)) for sig in FORWARDED_SIGNALS
+    }
+    try:
+        returncode = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    code = reported_exit_code(returncode, retry_code)
+    if code != returncode:
+        print(
+            f"rethink-d2 launch: train_net exited with {returncode}; reporting {code} "
+            f"({RETRY_EXIT_CODE_ENV_VAR}) so that the scheduler restarts it",
+            file=sys.stderr,
+            flush=True,
+        )
+    return code
 
 
 def _given_flags(args):
@@ -113,6 +196,7 @@ def main(argv=None):
     own, user_args = parser.parse_known_args(argv)
     environ = dict(os.environ)
     try:
+        retry_code = retry_exit_code(environ)
         gpus = own.gpus_per_node if own.gpus_per_node is not None else _visible_gpus()
         command = build_command(user_args, environ, gpus_per_node=gpus or None)
     except ConfigError as e:
@@ -123,6 +207,8 @@ def main(argv=None):
         print(line, flush=True)
         return 0
     print(f"rethink-d2 launch ({detect_scheduler(environ)}): {line}", file=sys.stderr, flush=True)
+    if retry_code is not None:
+        return run_with_retry_code(command, retry_code)
     os.execv(command[0], command)
 
 

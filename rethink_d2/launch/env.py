@@ -12,17 +12,26 @@ what a PyTorchJob without ``nprocPerNode`` sets when every pod runs one launcher
 =================  ===========================================================================
 flag               variables
 =================  ===========================================================================
---num-machines     NNODES, PET_NNODES, WORLD_SIZE, SLURM_NNODES, SLURM_JOB_NUM_NODES
+--num-machines     NNODES, PET_NNODES, WORLD_SIZE, SLURM_STEP_NUM_NODES, SLURM_NNODES,
+                   SLURM_JOB_NUM_NODES
 --machine-rank     NODE_RANK, PET_NODE_RANK, RANK, JOB_COMPLETION_INDEX (Kubernetes Indexed
                    Job), SLURM_NODEID
 --num-gpus         LOCAL_WORLD_SIZE, PET_NPROC_PER_NODE, SLURM_GPUS_ON_NODE,
                    SLURM_GPUS_PER_NODE ("[type:]N"), SLURM_JOB_GPUS (id list), else the
                    caller's ``gpus_per_node`` (the GPUs this machine sees)
---dist-url host    MASTER_ADDR, PET_MASTER_ADDR, first host of SLURM_JOB_NODELIST /
-                   SLURM_NODELIST (parsed here, no ``scontrol`` needed)
+--dist-url host    MASTER_ADDR, PET_MASTER_ADDR (a host, never ``host:port``), first host of
+                   SLURM_STEP_NODELIST / SLURM_JOB_NODELIST / SLURM_NODELIST (parsed here, no
+                   ``scontrol`` needed; the step's list first, because the node ranks are the
+                   step's too)
 --dist-url port    MASTER_PORT, PET_MASTER_PORT, ``10000 + SLURM_JOB_ID % 20000`` (the same on
                    every node of a job, below Linux's ephemeral range), else 29500
 =================  ===========================================================================
+
+Slurm must run **one task per node**: a one-task-per-GPU layout (``SLURM_LOCALID`` > 0, more
+than one task per node in ``SLURM_STEP_TASKS_PER_NODE`` / ``SLURM_NTASKS_PER_NODE``, or more
+``SLURM_NTASKS`` than nodes) is refused whatever else is exported, because sbatch templates often
+export ``MASTER_ADDR``/``WORLD_SIZE``/``RANK`` for it and eight launchers would then share one
+machine rank.
 """
 
 import re
@@ -32,6 +41,8 @@ from ..utils.errors import ConfigError
 __all__ = [
     "DEFAULT_MASTER_PORT",
     "LAUNCH_FLAGS",
+    "check_master_addr",
+    "check_slurm_layout",
     "detect_scheduler",
     "expand_slurm_nodelist",
     "launch_args_from_env",
@@ -45,12 +56,21 @@ _SLURM_PORT_BASE, _SLURM_PORT_SPAN = 10000, 20000
 # The flags of tools/train_net.py that this module decides.
 LAUNCH_FLAGS = ("--num-gpus", "--num-machines", "--machine-rank", "--dist-url")
 
-_NUM_MACHINES_VARS = ("NNODES", "PET_NNODES", "WORLD_SIZE", "SLURM_NNODES", "SLURM_JOB_NUM_NODES")
-_MACHINE_RANK_VARS = ("NODE_RANK", "PET_NODE_RANK", "RANK", "JOB_COMPLETION_INDEX", "SLURM_NODEID")
+_TORCH_NUM_MACHINES_VARS = ("NNODES", "PET_NNODES", "WORLD_SIZE")
+_SLURM_NUM_MACHINES_VARS = ("SLURM_STEP_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NUM_NODES")
+_NUM_MACHINES_VARS = _TORCH_NUM_MACHINES_VARS + _SLURM_NUM_MACHINES_VARS
+_TORCH_MACHINE_RANK_VARS = ("NODE_RANK", "PET_NODE_RANK", "RANK", "JOB_COMPLETION_INDEX")
+_MACHINE_RANK_VARS = _TORCH_MACHINE_RANK_VARS + ("SLURM_NODEID",)
 _NPROC_VARS = ("LOCAL_WORLD_SIZE", "PET_NPROC_PER_NODE", "SLURM_GPUS_ON_NODE")
 _MASTER_ADDR_VARS = ("MASTER_ADDR", "PET_MASTER_ADDR")
 _MASTER_PORT_VARS = ("MASTER_PORT", "PET_MASTER_PORT")
-_SLURM_NODELIST_VARS = ("SLURM_JOB_NODELIST", "SLURM_NODELIST")
+_SLURM_NODELIST_VARS = ("SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST", "SLURM_NODELIST")
+# Tasks per node of the step ("8(x2)" or "2,1"), then of the job's --ntasks-per-node.
+_SLURM_TASKS_PER_NODE_VARS = ("SLURM_STEP_TASKS_PER_NODE", "SLURM_NTASKS_PER_NODE")
+_ONE_LAUNCHER_PER_NODE = (
+    "run one launcher per node (#SBATCH --ntasks-per-node=1, or srun --ntasks-per-node=1): it "
+    "starts one process per GPU itself"
+)
 # Set inside a process that torchrun (torch.distributed.run) started.
 _TORCHRUN_WORKER_VARS = ("LOCAL_RANK", "TORCHELASTIC_RUN_ID")
 
@@ -188,12 +208,93 @@ def detect_scheduler(environ):
         str: ``"torchrun/kubernetes"`` when a torch-style variable is set (they win over Slurm's),
         ``"slurm"`` inside a Slurm allocation, else ``"local"``.
     """
-    torch_style = _MASTER_ADDR_VARS + _NUM_MACHINES_VARS[:3] + _MACHINE_RANK_VARS[:4]
+    torch_style = _MASTER_ADDR_VARS + _TORCH_NUM_MACHINES_VARS + _TORCH_MACHINE_RANK_VARS
     if _first(environ, torch_style):
         return "torchrun/kubernetes"
-    if _first(environ, ("SLURM_JOB_ID",) + _SLURM_NODELIST_VARS + _NUM_MACHINES_VARS[3:]):
+    if _first(environ, ("SLURM_JOB_ID",) + _SLURM_NODELIST_VARS + _SLURM_NUM_MACHINES_VARS):
         return "slurm"
     return "local"
+
+
+def _max_tasks_per_node(name, value):
+    """Largest count of a Slurm tasks-per-node value: ``"8"``, ``"8(x2)"`` or ``"2,1(x3)"``."""
+    counts = []
+    for part in value.split(","):
+        match = re.fullmatch(r"\s*(\d+)\s*(\(x\d+\))?\s*", part)
+        if not match:
+            raise ConfigError(
+                f"{name}={value!r} is not a Slurm tasks-per-node list; fix or unset it"
+            )
+        counts.append(int(match.group(1)))
+    return max(counts)
+
+
+def check_slurm_layout(environ):
+    """
+    Refuse a Slurm step that runs several tasks on one node (one task per GPU).
+
+    rethink-d2 starts one training process per GPU itself, so Slurm must start one launcher per
+    node. This looks only at Slurm's own variables, so a template that also exports
+    ``MASTER_ADDR``/``WORLD_SIZE``/``RANK`` (as one-task-per-GPU templates do) is caught too.
+
+    Args:
+        environ (Mapping[str, str]): the environment.
+
+    Raises:
+        ConfigError: naming the variable that shows several tasks per node, and the fix.
+    """
+    found = _first(environ, ("SLURM_LOCALID",))
+    if found and _as_int(*found, 0) > 0:
+        raise ConfigError(
+            f"{found[0]}={found[1]}: Slurm started several tasks on this node (one per GPU?); "
+            f"{_ONE_LAUNCHER_PER_NODE}"
+        )
+    found = _first(environ, _SLURM_TASKS_PER_NODE_VARS)
+    if found and _max_tasks_per_node(*found) > 1:
+        raise ConfigError(
+            f"{found[0]}={found[1]}: Slurm runs several tasks per node; {_ONE_LAUNCHER_PER_NODE}"
+        )
+    tasks = _first(environ, ("SLURM_STEP_NUM_TASKS", "SLURM_NTASKS"))
+    nodes = _first(environ, _SLURM_NUM_MACHINES_VARS)
+    if tasks and nodes and _as_int(*tasks, 1) > _as_int(*nodes, 1):
+        raise ConfigError(
+            f"{tasks[0]}={tasks[1]} over {nodes[1]} node(s) ({nodes[0]}): "
+            f"{_ONE_LAUNCHER_PER_NODE}"
+        )
+
+
+def check_master_addr(name, value):
+    """
+    Check that a master address variable holds a host only, not ``host:port`` or a URL.
+
+    Args:
+        name (str): the variable, e.g. ``"MASTER_ADDR"``.
+        value (str): its value: a host name, an IPv4 address, or an IPv6 address (bare
+            ``fd00::1`` or bracketed ``[fd00::1]``).
+
+    Returns:
+        str: ``value``.
+
+    Raises:
+        ConfigError: ``value`` holds a port or a scheme (the message gives the two variables to
+            set instead).
+    """
+    rest = value.split("://", 1)[-1]
+    if rest.startswith("["):  # bracketed IPv6, maybe followed by ":port"
+        host, _, port = rest[1:].partition("]")
+        port = port[1:] if port.startswith(":") else None
+    elif rest.count(":") == 1:  # more than one ":" is a bare IPv6 address
+        host, _, port = rest.partition(":")
+    else:
+        host, port = rest, None
+    if "://" in value or port is not None:
+        port_name = name.replace("ADDR", "PORT")
+        fix = f"set {name}={host}" + (f" and {port_name}={port}" if port else "")
+        raise ConfigError(
+            f"{name}={value!r} must be a host name or IP address only, without a scheme or port: "
+            f"{fix}"
+        )
+    return value
 
 
 def _dist_url(host, port):
@@ -220,8 +321,10 @@ def launch_args_from_env(environ, gpus_per_node=None):
 
     Raises:
         ConfigError: a variable is malformed or contradicts another one (the message names it),
-            the launcher runs inside torchrun, or several machines have no master address.
+            Slurm runs several tasks per node, the launcher runs inside torchrun, a master
+            address holds a port, or several machines have no master address.
     """
+    check_slurm_layout(environ)
     worker = _first(environ, _TORCHRUN_WORKER_VARS)
     if worker:
         raise ConfigError(
@@ -230,6 +333,14 @@ def launch_args_from_env(environ, gpus_per_node=None):
         )
     found = _first(environ, _NUM_MACHINES_VARS)
     num_machines = _parse_nnodes(*found) if found else 1
+    slurm_nodes = _first(environ, _SLURM_NUM_MACHINES_VARS)
+    if found and found[0] in _TORCH_NUM_MACHINES_VARS and slurm_nodes:
+        if num_machines != _as_int(*slurm_nodes, 1):
+            raise ConfigError(
+                f"{found[0]}={found[1]} but Slurm runs this step on {slurm_nodes[1]} node(s) "
+                f"({slurm_nodes[0]}): rethink-d2 reads {found[0]} as the number of machines (one "
+                f"launcher per node); unset it or set it to {slurm_nodes[1]}"
+            )
     found = _first(environ, _MACHINE_RANK_VARS)
     machine_rank = _as_int(*found, 0) if found else 0
     if machine_rank >= num_machines:
@@ -237,21 +348,13 @@ def launch_args_from_env(environ, gpus_per_node=None):
             f"{found[0]}={machine_rank} but there are {num_machines} machine(s): the machine "
             f"rank must be in [0, {num_machines}); check the job's node count"
         )
-    ntasks = _first(environ, ("SLURM_NTASKS",))
-    if ntasks and _first(environ, ("SLURM_NNODES",)) and detect_scheduler(environ) == "slurm":
-        tasks = _as_int(*ntasks, 1)
-        if tasks > num_machines:
-            raise ConfigError(
-                f"SLURM_NTASKS={tasks} over {num_machines} node(s): run one launcher per node "
-                f"(#SBATCH --ntasks-per-node=1); it starts one process per GPU itself"
-            )
 
     num_gpus = _gpus_from_env(environ) or gpus_per_node or 1
     args = ["--num-gpus", str(num_gpus), "--num-machines", str(num_machines)]
     args += ["--machine-rank", str(machine_rank)]
 
     found = _first(environ, _MASTER_ADDR_VARS)
-    host = found[1] if found else None
+    host = check_master_addr(*found) if found else None
     if host is None:
         nodelist = _first(environ, _SLURM_NODELIST_VARS)
         if nodelist:
