@@ -1,6 +1,6 @@
 """Subset names (``<dataset>@<size>[:seed<N>]``) and the deterministic, nested subset draw.
 
-Grammar of the part after ``@`` (see README, "Data subsets"):
+Grammar of the part after ``@`` (see docs/subsets.md):
 
 * count: ``1000``, ``1k``, ``3.5k``, ``35K`` (an integer number of images, ``k`` = x1000);
 * fraction of the eligible images: ``0.1``, ``.25``, ``1.0`` (a decimal point) or ``10%``;
@@ -22,7 +22,7 @@ from ..utils.errors import DatasetError
 
 GRAMMAR = (
     "a size is a count (1000, 1k, 3.5k) or a fraction of the eligible images (0.1, 10%), as in "
-    "'coco_2017_train@10k' or 'coco_2017_train@0.1:seed1' (see README, 'Data subsets')"
+    "'coco_2017_train@10k' or 'coco_2017_train@0.1:seed1' (see docs/subsets.md)"
 )
 _COUNT = re.compile(r"^[0-9]+$")
 _KILO = re.compile(r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)[kK]$")

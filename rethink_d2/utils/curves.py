@@ -34,7 +34,7 @@ __all__ = [
 _TASK_TITLES = {"bbox": "box AP", "segm": "mask AP", "keypoints": "keypoint AP"}
 
 
-def plot_comparison(runs, out_png, tasks=None):
+def plot_comparison(runs, out_png, tasks=None, colors=None):
     """
     Draw AP against iterations (left) and against images seen (right), one row per task, every
     run in its own colour, its LR drops (``SOLVER.STEPS``) as dotted vertical lines.
@@ -44,6 +44,8 @@ def plot_comparison(runs, out_png, tasks=None):
         out_png (str): where to write the PNG.
         tasks (list[str] or None): subset of ("bbox", "segm", "keypoints"); defaults to every
             task some run evaluated.
+        colors (list[str] or None): one matplotlib colour per run (e.g. the same colour for
+            the seeds of one recipe); defaults to a colour of its own for every run.
 
     Returns:
         list[str]: the tasks drawn.
@@ -60,7 +62,7 @@ def plot_comparison(runs, out_png, tasks=None):
         )
     fig = Figure(figsize=(11, 3.6 * len(tasks)))
     axes = fig.subplots(len(tasks), 2, squeeze=False)
-    colors = [f"C{i}" for i in range(len(runs))]
+    colors = colors or [f"C{i}" for i in range(len(runs))]
     for row, task in enumerate(tasks):
         ax_it, ax_img = axes[row]
         for run, color in zip(runs, colors):

@@ -1,0 +1,731 @@
+#!/usr/bin/env python
+"""
+Race training recipes for the same budget in images seen (the paper's Figure 1 as a tool).
+
+    python tools/race.py --images 2400 --evals 4 --seeds 0 1 --output output/race_lr \\
+        --recipe base=configs/quickstart/scratch_R18_GN_shapes.yaml \\
+        --recipe lr08=configs/quickstart/scratch_R18_GN_shapes.yaml:SOLVER.BASE_LR=0.08 \\
+        --target-ap 60
+
+A recipe is NAME=CONFIG[:KEY=VALUE,KEY=VALUE,...]: a config file plus Detectron2/rethink-d2
+overrides (commas inside brackets belong to the value: SOLVER.STEPS=(80,95)). Every recipe and
+seed is a normal run of tools/train_net.py in a subprocess, with OUTPUT_DIR
+OUTPUT/NAME/seed<S>, trained for exactly --images images:
+
+* SOLVER.MAX_ITER = images / SOLVER.IMS_PER_BATCH of the recipe;
+* SOLVER.STEPS keep their fractions of the recipe's own MAX_ITER (e.g. the quickstart's
+  (450, 550) of 600 become (225, 275) of 300); SOLVER.WARMUP_ITERS is kept as written;
+  a recipe with RETHINK.SCHEDULE.SPEC gets SPEC "<images>img" instead (its own rule);
+* TEST.EVAL_PERIOD = MAX_ITER / evals: every recipe is evaluated on DATASETS.TEST at the same
+  images-seen points, the last one at the end of training.
+
+Writes OUTPUT/race.md, race.csv, race.json (AP at every point, mean and each seed, images seen to
+reach --target-ap by linear interpolation between points) and race.png (AP against iterations
+and images seen). A run that fails is reported as failed and the race goes on; a run that
+already finished with the same command (OUTPUT/NAME/seed<S>/race_run.json) is reused.
+"""
+
+import argparse
+import csv
+import json
+import os
+import logging
+import math
+import re
+import shlex
+import subprocess
+import sys
+import time
+import warnings
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
+RUN_RECORD = "race_run.json"
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+_TASK_TITLES = {"bbox": "box AP", "segm": "mask AP", "keypoints": "keypoint AP"}
+
+
+class UserError(Exception):
+    """A bad input of the race itself (not of one run): reported as one line, exit code 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are the one line ``rethink-d2: error: ...`` (exit code 2)."""
+
+    def error(self, message):
+        self.exit(2, f"rethink-d2: error: {message} (see tools/race.py --help)\n")
+
+
+@dataclass
+class Recipe:
+    """
+    One contestant of the race.
+
+    Attributes:
+        name (str): label, also the directory name under ``--output``.
+        config (str): path of its YAML config.
+        overrides (list[str]): ``KEY VALUE`` pairs, flattened, as ``tools/train_net.py`` takes them.
+    """
+
+    name: str
+    config: str
+    overrides: list = field(default_factory=list)
+
+
+@dataclass
+class RunPlan:
+    """
+    One training run of the race (a recipe at one seed).
+
+    Attributes:
+        recipe (Recipe): what is trained.
+        seed (int): ``SEED``.
+        run_dir (str): its ``OUTPUT_DIR``.
+        ims_per_batch (int): images per iteration.
+        max_iter (int): ``SOLVER.MAX_ITER`` fitted to the budget.
+        eval_period (int): ``TEST.EVAL_PERIOD`` in iterations.
+        command (list[str]): the full ``tools/train_net.py`` command line.
+    """
+
+    recipe: Recipe
+    seed: int
+    run_dir: str
+    ims_per_batch: int
+    max_iter: int
+    eval_period: int
+    command: list
+
+
+def split_top_level(text, sep=","):
+    """
+    Split ``text`` at ``sep`` outside (), [], {} and quotes.
+
+    Args:
+        text (str): e.g. ``"SOLVER.STEPS=(80,95),SOLVER.BASE_LR=0.08"``.
+        sep (str): one character.
+
+    Returns:
+        list[str]: the pieces (``["SOLVER.STEPS=(80,95)", "SOLVER.BASE_LR=0.08"]``).
+
+    Raises:
+        UserError: on unbalanced brackets or quotes.
+    """
+    pieces, depth, quote, start = [], 0, None, 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = None if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+            if depth < 0:
+                break
+        elif ch == sep and depth == 0:
+            pieces.append(text[start:i])
+            start = i + 1
+    if depth != 0 or quote:
+        raise UserError(f"unbalanced brackets or quotes in {text!r}")
+    pieces.append(text[start:])
+    return pieces
+
+
+def parse_recipe(text):
+    """
+    Parse ``NAME=CONFIG[:KEY=VALUE,KEY=VALUE,...]``.
+
+    Args:
+        text (str): one ``--recipe`` argument.
+
+    Returns:
+        Recipe
+
+    Raises:
+        UserError: when the text does not follow the syntax or the config file is missing.
+    """
+    syntax = (
+        "write --recipe NAME=CONFIG[:KEY=VALUE,...], e.g. lr08=configs/x.yaml:SOLVER.BASE_LR=0.08"
+    )
+    name, eq, rest = text.partition("=")
+    if not eq or not rest:
+        raise UserError(f"--recipe {text!r} has no NAME=CONFIG: {syntax}")
+    if not _NAME_RE.match(name):
+        raise UserError(
+            f"--recipe name {name!r} must be letters, digits, '_', '.' or '-' (it names the "
+            f"run directory): {syntax}"
+        )
+    config, _, opts = rest.partition(":")
+    if not os.path.isfile(config):
+        raise UserError(f"--recipe {name}: config file {config!r} does not exist (check the path)")
+    overrides = []
+    if opts:
+        for item in split_top_level(opts):
+            key, eq, value = item.partition("=")
+            key = key.strip()
+            if not eq or not key or not value.strip():
+                raise UserError(f"--recipe {name}: override {item!r} is not KEY=VALUE: {syntax}")
+            overrides += [key, value.strip()]
+    return Recipe(name, config, overrides)
+
+
+def images_to_reach(points, target):
+    """
+    Images seen when a learning curve first reaches ``target`` AP.
+
+    Linear interpolation between the two evaluation points around the first crossing; when the
+    first point already reaches ``target``, its images (an upper bound) are returned.
+
+    Args:
+        points (list[tuple[float, float]]): (images seen, AP), sorted by images.
+        target (float): AP to reach.
+
+    Returns:
+        tuple[float or None, bool]: (images, at_first_point); ``(None, False)`` if never reached.
+    """
+    previous = None
+    for images, ap in points:
+        if ap >= target:
+            if previous is None:
+                return float(images), True
+            (x0, y0), (x1, y1) = previous, (images, ap)
+            return x0 + (x1 - x0) * (target - y0) / (y1 - y0), False
+        previous = (images, ap)
+    return None, False
+
+
+def format_reach(images, at_first):
+    """
+    Args:
+        images (float or None): from :func:`images_to_reach`.
+        at_first (bool): reached at the first evaluation point.
+
+    Returns:
+        str: ``"1234"``, ``"<= 600"`` or ``"not reached"``.
+    """
+    if images is None:
+        return "not reached"
+    return f"<= {images:.0f}" if at_first else f"{images:.0f}"
+
+
+def build_parser():
+    """
+    Returns:
+        argparse.ArgumentParser: the command line of this tool.
+    """
+    parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--recipe",
+        action="append",
+        required=True,
+        metavar="NAME=CONFIG[:KEY=VALUE,...]",
+        help="a contestant; repeat for each (at least one)",
+    )
+    parser.add_argument(
+        "--images", type=int, required=True, metavar="N", help="training budget in images seen"
+    )
+    parser.add_argument(
+        "--evals",
+        type=int,
+        default=4,
+        metavar="K",
+        help="evaluations per run, at images N/K, 2N/K, ..., N (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[0], metavar="S", help="SEED of each run per "
+        "recipe; the table shows the mean and each seed (default: 0)"
+    )  # fmt: skip
+    parser.add_argument(
+        "--output", default="output/race", help="directory of the runs and tables (default: "
+        "%(default)s)"
+    )  # fmt: skip
+    parser.add_argument(
+        "--target-ap",
+        type=float,
+        metavar="X",
+        help="report the images seen to reach X AP (default: the first recipe's final mean AP)",
+    )
+    parser.add_argument(
+        "--task",
+        default="bbox",
+        choices=sorted(_TASK_TITLES),
+        help="AP that ranks the recipes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dataset",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("NAME", "JSON", "IMAGE_ROOT"),
+        help="a COCO-format dataset of your own, passed to tools/train_net.py; use NAME in the "
+        "recipes' DATASETS.TRAIN / DATASETS.TEST overrides (repeatable)",
+    )
+    parser.add_argument(
+        "--num-gpus", type=int, default=1, help="processes per run (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs trained at the same time (default: %(default)s, one after the other)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the recipes, print the commands, train nothing",
+    )
+    return parser
+
+
+def check_args(args):
+    """
+    Raises:
+        UserError: for values out of range (one line naming the option).
+    """
+    if args.images <= 0:
+        raise UserError(f"--images must be > 0, got {args.images}")
+    if args.evals <= 0:
+        raise UserError(f"--evals must be >= 1, got {args.evals}")
+    if len(set(args.seeds)) != len(args.seeds):
+        raise UserError(f"--seeds {args.seeds} repeats a seed: give distinct seeds")
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+    if args.num_gpus < 1:
+        raise UserError(f"--num-gpus must be >= 1, got {args.num_gpus}")
+    for name, json_file, image_root in args.dataset:
+        if not os.path.isfile(json_file):
+            raise UserError(f"--dataset {name}: annotation file {json_file!r} does not exist")
+        if not os.path.isdir(image_root):
+            raise UserError(f"--dataset {name}: image directory {image_root!r} does not exist")
+
+
+def _resolve(recipe, opts, args):
+    """The frozen config ``tools/train_net.py`` would train, with its effective batch size."""
+    from detectron2.engine import DefaultTrainer
+
+    from rethink_d2.engine import build_config
+
+    # The runs log what resolving says (e.g. "No GPU is visible"); checking here stays quiet.
+    logging.getLogger("rethink_d2").setLevel(logging.ERROR)
+    cfg = build_config(recipe.config, opts, world_size=args.num_gpus, datasets=args.dataset)
+    return DefaultTrainer.auto_scale_workers(cfg, args.num_gpus)
+
+
+def _fmt_tuple(values):
+    return "(" + ",".join(str(v) for v in values) + ("," if len(values) == 1 else "") + ")"
+
+
+def plan_runs(recipes, args):
+    """
+    Fit every recipe to the budget and build its commands.
+
+    Args:
+        recipes (list[Recipe]): the contestants.
+        args (argparse.Namespace): the parsed command line.
+
+    Returns:
+        list[RunPlan]: one per recipe and seed, in command-line order.
+
+    Raises:
+        UserError: a recipe that cannot be fitted (batch does not divide the budget, no test
+            set, a config error reported by rethink-d2).
+    """
+    from rethink_d2.utils.errors import RethinkError
+
+    plans = []
+    for recipe in recipes:
+        try:
+            cfg = _resolve(recipe, recipe.overrides, args)
+        except RethinkError as e:
+            raise UserError(f"recipe {recipe.name}: {e}") from None
+        batch = cfg.SOLVER.IMS_PER_BATCH
+        if not cfg.DATASETS.TEST:
+            raise UserError(
+                f"recipe {recipe.name}: DATASETS.TEST is empty, nothing to evaluate: add "
+                f"DATASETS.TEST=(\"NAME\",) to the recipe"
+            )
+        if args.images % (batch * args.evals):
+            unit = batch * args.evals
+            near = max(unit, round(args.images / unit) * unit)
+            raise UserError(
+                f"recipe {recipe.name}: --images {args.images} is not a multiple of --evals "
+                f"{args.evals} x SOLVER.IMS_PER_BATCH {batch} = {unit}, so its evaluations "
+                f"cannot fall on the common points: use e.g. --images {near}"
+            )
+        max_iter = args.images // batch
+        eval_period = max_iter // args.evals
+        if cfg.RETHINK.SCHEDULE.SPEC:
+            # The spec's own rule at the budget, written out: a spec owns TEST.EVAL_PERIOD.
+            spec = ["RETHINK.SCHEDULE.SPEC", f"{args.images}img"]
+            try:
+                fitted = _resolve(recipe, recipe.overrides + spec, args).SOLVER
+            except RethinkError as e:
+                raise UserError(f"recipe {recipe.name} at --images {args.images}: {e}") from None
+            fit = ["TEST.EVAL_PERIOD", str(eval_period), "RETHINK.SCHEDULE.SPEC", '""']
+            fit += ["SOLVER.BASE_LR", str(fitted.BASE_LR)]
+            fit += ["SOLVER.GAMMA", str(fitted.GAMMA)]
+            fit += ["SOLVER.WARMUP_ITERS", str(fitted.WARMUP_ITERS)]
+            steps = list(fitted.STEPS)
+        else:
+            old = cfg.SOLVER.MAX_ITER
+            steps = sorted({round(s * max_iter / old) for s in cfg.SOLVER.STEPS if s < old})
+            fit = ["TEST.EVAL_PERIOD", str(eval_period)]
+        steps = [s for s in steps if 0 < s < max_iter]
+        fit += ["SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", _fmt_tuple(steps)]
+        try:
+            final = _resolve(recipe, recipe.overrides + fit, args)
+        except RethinkError as e:
+            raise UserError(f"recipe {recipe.name} fitted to --images {args.images}: {e}") from None
+        if final.SOLVER.MAX_ITER * final.SOLVER.IMS_PER_BATCH != args.images:
+            raise UserError(
+                f"recipe {recipe.name}: resolves to {final.SOLVER.MAX_ITER} iterations x "
+                f"{final.SOLVER.IMS_PER_BATCH} images, not --images {args.images} (is "
+                f"SOLVER.REFERENCE_WORLD_SIZE rescaling it? set it to 0)"
+            )
+        for seed in args.seeds:
+            run_dir = os.path.join(args.output, recipe.name, f"seed{seed}")
+            command = [sys.executable, TRAIN_NET, "--config", recipe.config]
+            if args.num_gpus != 1:
+                command += ["--num-gpus", str(args.num_gpus)]
+            for name, json_file, image_root in args.dataset:
+                command += ["--dataset", name, json_file, image_root]
+            command += recipe.overrides + fit + ["SEED", str(seed), "OUTPUT_DIR", run_dir]
+            plans.append(RunPlan(recipe, seed, run_dir, batch, max_iter, eval_period, command))
+    return plans
+
+
+def shell_command(plan):
+    """
+    Args:
+        plan (RunPlan): a run.
+
+    Returns:
+        str: its command after ``python``, quoted for a POSIX shell.
+    """
+    return shlex.join([os.path.relpath(TRAIN_NET)] + plan.command[2:])
+
+
+def execute(plan):
+    """
+    Train one run (or reuse it when it already finished with the same command).
+
+    Args:
+        plan (RunPlan): what to run.
+
+    Returns:
+        dict: ``{"returncode", "seconds", "reused", "error"}`` (``error``: last line of stderr of
+        a failed run, else "").
+    """
+    record_path = os.path.join(plan.run_dir, RUN_RECORD)
+    shown = shell_command(plan)
+    if os.path.isfile(record_path):
+        with open(record_path) as f:
+            record = json.load(f)
+        if record.get("returncode") == 0 and record.get("command") == shown:
+            return dict(record, reused=True)
+    os.makedirs(plan.run_dir, exist_ok=True)
+    log_path = os.path.join(plan.run_dir, "race_stdout.log")
+    start = time.time()
+    with open(log_path, "w") as log:
+        proc = subprocess.run(plan.command, stdout=log, stderr=subprocess.STDOUT)
+    seconds = time.time() - start
+    error = ""
+    if proc.returncode != 0:
+        with open(log_path, errors="replace") as f:
+            lines = [line.strip() for line in f if line.strip()]
+        user_errors = [line for line in lines if "error:" in line.lower()]
+        error = (user_errors or lines or ["no output"])[-1][:300]
+    record = {
+        "returncode": proc.returncode,
+        "seconds": round(seconds, 1),
+        "command": shown,
+        "error": error,
+    }
+    with open(record_path, "w") as f:
+        json.dump(record, f, indent=1)
+    return dict(record, reused=False)
+
+
+def ap_points(run, task):
+    """
+    Args:
+        run (RunMetrics): a finished run.
+        task (str): "bbox", "segm" or "keypoints".
+
+    Returns:
+        list[tuple[int, float]]: (iteration, AP) of every evaluation; an AP that Detectron2
+        reports as NaN (the model detected nothing) counts as 0, so every point stays in the race.
+    """
+    curve = []
+    for it, record in sorted(run.records.items()):
+        for key, value in record.items():
+            if key == f"{task}/AP" or key.endswith(f"/{task}/AP"):
+                value = float(value)
+                curve.append((it, 0.0 if math.isnan(value) else value))
+                break
+    return curve
+
+
+def collect(plans, outcomes, task, evals, images):
+    """
+    Read every run's metrics and average the seeds of each recipe.
+
+    Args:
+        plans (list[RunPlan]): the runs.
+        outcomes (list[dict]): from :func:`execute`, one per plan.
+        task (str): "bbox", "segm" or "keypoints".
+        evals (int): evaluation points per run.
+        images (int): the budget.
+
+    Returns:
+        tuple[list[dict], list[RunMetrics]]: one dict per recipe (keys ``name``, ``config``,
+        ``overrides``, ``ims_per_batch``, ``max_iter``, ``eval_period``, ``seeds``: list of
+        per-seed dicts, ``mean``: {images: AP} over the finished seeds) and the finished runs'
+        metrics (labelled ``NAME s<seed>``) for the plot.
+    """
+    from rethink_d2.utils.curves import load_metrics
+    from rethink_d2.utils.run_metrics import IMAGES_SEEN_KEY
+
+    points = [images * (k + 1) // evals for k in range(evals)]
+    recipes, finished = {}, []
+    for plan, outcome in zip(plans, outcomes):
+        entry = recipes.setdefault(
+            plan.recipe.name,
+            {
+                "name": plan.recipe.name,
+                "config": plan.recipe.config,
+                "overrides": plan.recipe.overrides,
+                "ims_per_batch": plan.ims_per_batch,
+                "max_iter": plan.max_iter,
+                "eval_period": plan.eval_period,
+                "seeds": [],
+            },
+        )
+        seed = {
+            "seed": plan.seed,
+            "run_dir": plan.run_dir,
+            "status": "ok" if outcome["returncode"] == 0 else "failed",
+            "error": outcome["error"],
+            "seconds": outcome["seconds"],
+            "reused": outcome["reused"],
+            "ap": {},
+            "final": {},
+        }
+        if outcome["returncode"] == 0:
+            try:
+                run = load_metrics(plan.run_dir, label=f"{plan.recipe.name} s{plan.seed}")
+            except Exception as e:  # a finished run without readable metrics is a failed run
+                seed.update(status="failed", error=f"metrics.json unreadable: {e}")
+            else:
+                # A race run feeds exactly IMS_PER_BATCH images per iteration, so images seen
+                # are (iteration + 1) x batch; the logged data_seen/images can lag behind that
+                # after a run was preempted and resumed between two of its summations.
+                for record in run.records.values():
+                    record.pop(IMAGES_SEEN_KEY, None)
+                curve = {round(run.images_seen(it)): ap for it, ap in ap_points(run, task)}
+                seed["ap"] = {p: curve[p] for p in points if p in curve}
+                seed["final"] = {
+                    t: ap_points(run, t)[-1][1] for t in _TASK_TITLES if ap_points(run, t)
+                }
+                if len(seed["ap"]) != len(points):
+                    seed.update(
+                        status="failed",
+                        error=f"{task} AP at {sorted(seed['ap'])} images, expected {points}",
+                    )
+                else:
+                    finished.append(run)
+        entry["seeds"].append(seed)
+    for entry in recipes.values():
+        ok = [s for s in entry["seeds"] if s["status"] == "ok"]
+        entry["mean"] = {p: sum(s["ap"][p] for s in ok) / len(ok) for p in points} if ok else {}
+        entry["final_mean"] = {
+            t: sum(s["final"][t] for s in ok) / len(ok)
+            for t in (ok[0]["final"] if ok else {})
+            if all(t in s["final"] for s in ok)
+        }
+    return list(recipes.values()), finished
+
+
+def add_reach(entries, target):
+    """
+    Add ``reach`` (images, at_first_point) to each recipe's mean and each seed.
+
+    Args:
+        entries (list[dict]): from :func:`collect`.
+        target (float): AP to reach.
+    """
+    for entry in entries:
+        entry["reach"] = images_to_reach(sorted(entry["mean"].items()), target)
+        for seed in entry["seeds"]:
+            seed["reach"] = images_to_reach(sorted(seed["ap"].items()), target)
+
+
+def _ap(value):
+    return "-" if value is None else f"{value:.1f}"
+
+
+def markdown_table(entries, args, target):
+    """
+    Args:
+        entries (list[dict]): from :func:`collect` and :func:`add_reach`.
+        args (argparse.Namespace): the race's command line.
+        target (float): the AP of the "images to reach" column.
+
+    Returns:
+        str: the race as a markdown table (mean of the seeds, then each seed) and the overrides
+        each recipe was run with.
+    """
+    points = [args.images * (k + 1) // args.evals for k in range(args.evals)]
+    title = _TASK_TITLES[args.task]
+    other = "segm" if args.task != "segm" else "bbox"
+    header = (
+        ["recipe", "seed", "batch x iters"]
+        + [f"{title} @ {p} img" for p in points]
+        + [f"final {_TASK_TITLES[other]}", f"images to reach {target:.1f}", "minutes"]
+    )
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for entry in entries:
+        shape = f"{entry['ims_per_batch']} x {entry['max_iter']}"
+        ok = [s for s in entry["seeds"] if s["status"] == "ok"]
+        minutes = sum(s["seconds"] for s in entry["seeds"]) / 60
+        if ok:
+            cells = [f"**{entry['name']}**", f"mean of {len(ok)}", shape]
+            cells += [f"**{_ap(entry['mean'][p])}**" for p in points]
+            cells += [_ap(entry["final_mean"].get(other)), f"**{format_reach(*entry['reach'])}**"]
+        else:
+            cells = [f"**{entry['name']}**", "all failed", shape] + ["-"] * len(points)
+            cells += ["-", "failed"]
+        lines.append("| " + " | ".join(cells + [f"{minutes:.1f}"]) + " |")
+        for seed in entry["seeds"]:
+            cells = ["", str(seed["seed"]), shape]
+            if seed["status"] == "ok":
+                cells += [_ap(seed["ap"][p]) for p in points]
+                cells += [_ap(seed["final"].get(other)), format_reach(*seed["reach"])]
+            else:
+                cells += ["failed"] + ["-"] * (len(points) - 1) + ["-", f"failed: {seed['error']}"]
+            lines.append("| " + " | ".join(c.replace("|", "/") for c in cells)
+                         + f" | {seed['seconds'] / 60:.1f} |")  # fmt: skip
+    lines.append("")
+    lines.append(f"Budget {args.images} images, {args.evals} evaluations, seeds {args.seeds}. "
+                 f"Recipes:")  # fmt: skip
+    for entry in entries:
+        overrides = " ".join(entry["overrides"]) or "(none)"
+        lines.append(f"- `{entry['name']}`: `{entry['config']}` {overrides}")
+    return "\n".join(lines) + "\n"
+
+
+def write_csv(entries, args, path):
+    """
+    One row per recipe mean and per seed.
+
+    Args:
+        entries (list[dict]): from :func:`collect` and :func:`add_reach`.
+        args (argparse.Namespace): the race's command line.
+        path (str): CSV file to write.
+    """
+    points = [args.images * (k + 1) // args.evals for k in range(args.evals)]
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(
+            ["recipe", "seed", "status", "ims_per_batch", "max_iter"]
+            + [f"{args.task}_AP@{p}" for p in points]
+            + ["images_to_target", "reached_at_first_eval", "seconds", "run_dir", "error"]
+        )
+        for entry in entries:
+            rows = [("mean", entry["mean"], entry["reach"], "ok" if entry["mean"] else "failed",
+                     sum(s["seconds"] for s in entry["seeds"]), "", "")]  # fmt: skip
+            rows += [
+                (s["seed"], s["ap"], s["reach"], s["status"], s["seconds"], s["run_dir"],
+                 s["error"])
+                for s in entry["seeds"]
+            ]
+            for seed, ap, reach, status, seconds, run_dir, error in rows:
+                writer.writerow(
+                    [entry["name"], seed, status, entry["ims_per_batch"], entry["max_iter"]]
+                    + [f"{ap[p]:.3f}" if p in ap else "" for p in points]
+                    + ["" if reach[0] is None else f"{reach[0]:.1f}", reach[1], f"{seconds:.1f}"]
+                    + [run_dir, error]
+                )
+
+
+def plot(finished, entries, args, path):
+    """
+    AP against iterations and images seen, every seed of a recipe in the recipe's colour.
+
+    Args:
+        finished (list[RunMetrics]): runs labelled ``NAME s<seed>``.
+        entries (list[dict]): from :func:`collect` (gives the recipe order).
+        args (argparse.Namespace): the race's command line.
+        path (str): PNG to write.
+    """
+    from rethink_d2.utils.curves import plot_comparison
+
+    color_of = {e["name"]: f"C{i % 10}" for i, e in enumerate(entries)}
+    colors = [color_of[run.label.rsplit(" s", 1)[0]] for run in finished]
+    plot_comparison(finished, path, tasks=[args.task], colors=colors)
+
+
+def main(argv=None):
+    """
+    Args:
+        argv (list[str] or None): command line without the program name.
+
+    Returns:
+        int: 0 when every run finished, 1 when some run failed, 2 on a bad input.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        check_args(args)
+        recipes = [parse_recipe(text) for text in args.recipe]
+        names = [r.name for r in recipes]
+        if len(set(names)) != len(names):
+            raise UserError(f"recipe names {names} are not unique: name each --recipe differently")
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+        plans = plan_runs(recipes, args)
+    except UserError as e:
+        print(f"rethink-d2: error: {e}", file=sys.stderr)
+        return 2
+    for plan in plans:
+        print(f"[{plan.recipe.name} seed {plan.seed}] python {shell_command(plan)}", flush=True)
+    if args.dry_run:
+        return 0
+    os.makedirs(args.output, exist_ok=True)
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {pool.submit(execute, plan): plan for plan in plans}
+        for done, future in enumerate(as_completed(futures), 1):
+            plan, outcome = futures[future], future.result()
+            how = "reused" if outcome["reused"] else f"{outcome['seconds'] / 60:.1f} min"
+            status = "ok" if outcome["returncode"] == 0 else f"FAILED: {outcome['error']}"
+            print(f"[{done}/{len(plans)}] {plan.recipe.name} seed {plan.seed}: {status} ({how})",
+                  flush=True)  # fmt: skip
+    outcomes = [future.result() for future in futures]
+    entries, finished = collect(plans, outcomes, args.task, args.evals, args.images)
+    target = args.target_ap
+    if target is None:
+        first = next((e for e in entries if e["mean"]), None)
+        target = first["mean"][args.images] if first else float("nan")
+    add_reach(entries, target)
+    table = markdown_table(entries, args, target)
+    with open(os.path.join(args.output, "race.md"), "w") as f:
+        f.write(table)
+    write_csv(entries, args, os.path.join(args.output, "race.csv"))
+    with open(os.path.join(args.output, "race.json"), "w") as f:
+        json.dump(
+            {"images": args.images, "evals": args.evals, "seeds": args.seeds, "task": args.task,
+             "target_ap": target, "recipes": entries},
+            f, indent=1,
+        )  # fmt: skip
+    written = ["race.md", "race.csv", "race.json"]
+    if finished:
+        plot(finished, entries, args, os.path.join(args.output, "race.png"))
+        written.append("race.png")
+    print(table)
+    print(f"wrote {', '.join(os.path.join(args.output, w) for w in written)}")
+    return 0 if all(o["returncode"] == 0 for o in outcomes) and len(finished) == len(plans) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
