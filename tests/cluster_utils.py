@@ -7,6 +7,9 @@ import subprocess
 import sys
 import time
 
+import torch.distributed as dist
+from detectron2.engine import launch
+
 from conftest import QUICKSTART, REPO, TINY_OPTS, TRAIN_NET
 
 # TINY_OPTS plus a narrower backbone (R50 layout at 1/8 width: 4.4M parameters, 35 MB checkpoints)
@@ -23,6 +26,26 @@ CLUSTER_OPTS = TINY_OPTS + [
     "DATASETS.TEST", "()",
     "SEED", "7",
 ]  # fmt: skip
+
+
+def launch_gloo(worker, num_processes, args):
+    """
+    Run ``worker(*args)`` in ``num_processes`` gloo processes with Detectron2's ``launch``.
+
+    Each process leaves the process group when its worker returns: a process that exits with
+    gloo's threads still running can abort ("terminate called without an active exception").
+    """
+    launch(
+        _leave_group_after,
+        num_processes,
+        dist_url=f"tcp://127.0.0.1:{free_port()}",
+        args=(worker, *args),
+    )
+
+
+def _leave_group_after(worker, *args):
+    worker(*args)
+    dist.destroy_process_group()
 
 
 def free_port():

@@ -49,9 +49,11 @@ os.environ["RETHINK_D2_CACHE"] = tempfile.mkdtemp(prefix="rethink_d2_test_cache_
 @pytest.fixture(autouse=True)
 def _logs_reach_caplog():
     """Detectron2's setup_logger (run by in-process training) stops these loggers from
-    propagating to the root logger, where caplog listens: every test starts with it restored."""
+    propagating to the root logger, where caplog listens, and sets their level: every test
+    starts with both restored."""
     for name in ("detectron2", "rethink_d2", "fvcore"):
         logging.getLogger(name).propagate = True
+        logging.getLogger(name).setLevel(logging.NOTSET)
 
 
 @pytest.fixture(autouse=True)

@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 from detectron2.checkpoint import Checkpointer
-from detectron2.engine import TrainerBase, hooks, launch
+from detectron2.engine import TrainerBase, hooks
 from detectron2.structures import Instances
 from detectron2.utils import comm
 
+from cluster_utils import launch_gloo
 from rethink_d2.engine.data_seen import DataSeenCounter, DataSeenHook
 from rethink_d2.utils.errors import TrainingError
 
@@ -187,7 +188,7 @@ def _two_rank_worker(out_dir):
 
 
 def test_two_processes_sum_their_counts(tmp_path):
-    launch(_two_rank_worker, 2, dist_url="auto", args=(str(tmp_path),))
+    launch_gloo(_two_rank_worker, 2, args=(str(tmp_path),))
     results = []
     for rank in range(2):
         with open(tmp_path / f"rank{rank}.json") as f:

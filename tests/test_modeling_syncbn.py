@@ -8,12 +8,12 @@ per-sample weighted variant ("naiveSyncBN_N") in the RoI heads. Both are compare
 
 import torch
 from detectron2.config import get_cfg
-from detectron2.engine import launch
 from detectron2.layers import NaiveSyncBatchNorm, ShapeSpec, get_norm
 from detectron2.modeling.roi_heads.box_head import FastRCNNConvFCHead
 from detectron2.utils import comm
 from torch import nn
 
+from cluster_utils import launch_gloo
 from rethink_d2 import add_rethink_config
 from rethink_d2.modeling import apply_norm_config
 
@@ -95,7 +95,7 @@ def _worker(out_dir):
 
 
 def test_syncbn_on_two_cpu_processes_matches_bn_on_the_whole_batch(tmp_path):
-    launch(_worker, num_gpus_per_machine=2, dist_url="auto", args=(str(tmp_path),))
+    launch_gloo(_worker, 2, args=(str(tmp_path),))
     results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
     for result in results:
         assert result["types"] == (NaiveSyncBatchNorm.__name__, "")

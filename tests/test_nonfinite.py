@@ -10,10 +10,10 @@ from unittest import mock
 import pytest
 import torch
 import torch.distributed as dist
-from detectron2.engine import HookBase, SimpleTrainer, launch
+from detectron2.engine import HookBase, SimpleTrainer
 from detectron2.utils import comm
 
-from cluster_utils import errors_of, free_port, start_train_net, tagged_checkpoint, wait
+from cluster_utils import errors_of, launch_gloo, start_train_net, tagged_checkpoint, wait
 from rethink_d2.engine.nonfinite import FiniteLossTrainer
 from rethink_d2.engine.preemption import PreemptionHook
 from rethink_d2.engine.trainer import wrap_model_for_distributed
@@ -94,7 +94,7 @@ def _two_rank_worker(result_dir):
 def test_every_rank_stops_at_the_same_iteration(tmp_path):
     # Detectron2 alone checks on the main process only: rank 0 would raise while rank 1 hangs
     # in its next collective (or the reverse). Two real processes over gloo.
-    launch(_two_rank_worker, 2, dist_url=f"tcp://127.0.0.1:{free_port()}", args=(str(tmp_path),))
+    launch_gloo(_two_rank_worker, 2, args=(str(tmp_path),))
     results = [json.load(open(tmp_path / f"rank{r}.json")) for r in (0, 1)]
     for result in results:
         assert result["error"] and "non-finite loss at iteration 2" in result["error"]
@@ -197,10 +197,7 @@ def _count_collectives_worker(result_dir):
 
 
 def test_nonfinite_and_preemption_checks_add_one_collective_per_iteration(tmp_path):
-    launch(
-        _count_collectives_worker, 2, dist_url=f"tcp://127.0.0.1:{free_port()}",
-        args=(str(tmp_path),),
-    )  # fmt: skip
+    launch_gloo(_count_collectives_worker, 2, args=(str(tmp_path),))
     for rank in (0, 1):
         per_step = json.load(open(tmp_path / f"rank{rank}.json"))
         theirs, ours = per_step["detectron2"], per_step["rethink_d2"]

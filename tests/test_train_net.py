@@ -70,8 +70,18 @@ def test_print_config_resolves_without_training(tmp_path):
     assert proc.returncode == 0, proc.stderr
     cfg = yaml.safe_load(proc.stdout)
     assert cfg["SOLVER"]["BASE_LR"] == pytest.approx(0.123)
-    assert cfg["MODEL"]["DEVICE"] == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert cfg["MODEL"]["DEVICE"] == "cuda"  # as configured: what a GPU machine would run
     assert not (tmp_path / "never").exists()
+
+
+def test_print_config_of_a_multi_gpu_run_needs_no_gpu():
+    proc = run_train_net(
+        ["--config", "configs/scratch_R50_SyncBN_3x.yaml", "--num-gpus", "8", "--print-config"],
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    cfg = yaml.safe_load(proc.stdout)
+    assert cfg["MODEL"]["DEVICE"] == "cuda" and cfg["MODEL"]["RESNETS"]["NORM"] == "SyncBN"
 
 
 def test_train_resume_and_evaluate(tmp_path):

@@ -308,8 +308,13 @@ def _resolve(recipe, opts, args):
     from rethink_d2.engine import build_config
 
     # The runs log what resolving says (e.g. "No GPU is visible"); checking here stays quiet.
-    logging.getLogger("rethink_d2").setLevel(logging.ERROR)
-    cfg = build_config(recipe.config, opts, world_size=args.num_gpus, datasets=args.dataset)
+    package_logger = logging.getLogger("rethink_d2")
+    level = package_logger.level
+    package_logger.setLevel(logging.ERROR)
+    try:
+        cfg = build_config(recipe.config, opts, world_size=args.num_gpus, datasets=args.dataset)
+    finally:
+        package_logger.setLevel(level)
     return DefaultTrainer.auto_scale_workers(cfg, args.num_gpus)
 
 

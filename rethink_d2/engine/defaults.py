@@ -6,6 +6,7 @@ import os
 import sys
 from datetime import timedelta
 
+import torch.distributed as dist
 import torch.multiprocessing as mp
 import yaml
 from detectron2.config import get_cfg
@@ -54,7 +55,8 @@ def rethink_argument_parser(epilog=None):
         "--print-config",
         action="store_true",
         help="print the fully resolved config (schedule, batch scaling, norms, overrides) as "
-        "YAML and exit without building the model or reading data",
+        "YAML and exit without building the model or reading data; MODEL.DEVICE stays as "
+        "configured (no CPU fallback, no GPU check), so a GPU run can be checked on a laptop",
     )
     parser.add_argument(
         "--dist-timeout",
@@ -87,7 +89,9 @@ def add_dataset_argument(parser):
     )
 
 
-def build_config(config_file, opts=(), world_size=None, for_training=True, datasets=()):
+def build_config(
+    config_file, opts=(), world_size=None, for_training=True, datasets=(), on_this_machine=True
+):
     """
     Build the frozen, resolved config of a run.
 
@@ -105,6 +109,9 @@ def build_config(config_file, opts=(), world_size=None, for_training=True, datas
             loading ``MODEL.WEIGHTS`` is the point).
         datasets (list[list[str]]): ``[NAME, JSON, IMAGE_ROOT]`` of own COCO-format datasets
             (``--dataset``), added to ``RETHINK.DATASETS.COCO_INSTANCES`` (same NAME: replaced).
+        on_this_machine (bool): the run starts here: fall back to the CPU or refuse a GPU
+            request that this machine cannot serve. False (``--print-config``) keeps
+            ``MODEL.DEVICE`` as configured, to show the config a GPU machine would run.
 
     Returns:
         CfgNode: frozen config.
@@ -126,8 +133,9 @@ def build_config(config_file, opts=(), world_size=None, for_training=True, datas
     _add_datasets(cfg, datasets)
     if is_default_output_dir(cfg.OUTPUT_DIR):
         cfg.OUTPUT_DIR = default_output_dir(config_file, get_config_dir())
-    # CPU fallback only for a plain single-process run; one that asked for GPUs stops.
-    cfg.MODEL.DEVICE = choose_device(cfg.MODEL.DEVICE, world_size, "MODEL.DEVICE" in cli_keys)
+    if on_this_machine:
+        # CPU fallback only for a plain single-process run; one that asked for GPUs stops.
+        cfg.MODEL.DEVICE = choose_device(cfg.MODEL.DEVICE, world_size, "MODEL.DEVICE" in cli_keys)
     if cfg.SOLVER.AMP.ENABLED and not cfg.MODEL.DEVICE.startswith("cuda"):
         # Detectron2's AMPTrainer is CUDA-only; a GPU config debugged on a CPU runs in fp32.
         logger.warning("SOLVER.AMP.ENABLED needs a GPU: training in fp32 on %s", cfg.MODEL.DEVICE)
@@ -217,6 +225,7 @@ def _report_user_error(error):
 def run_worker(main, args):
     """
     Run ``main(args)`` in one training process; user errors exit with one line, no traceback.
+    The process leaves its process group when ``main`` returns.
 
     Args:
         main (callable): the script's ``main(args)``.
@@ -226,10 +235,14 @@ def run_worker(main, args):
         whatever ``main`` returns.
     """
     try:
-        return main(args)
+        result = main(args)
     except RethinkError as e:
         _report_user_error(e)
         sys.exit(EXIT_USER_ERROR)
+    if dist.is_initialized():
+        # A process that exits with gloo/NCCL threads alive can abort after a successful run.
+        dist.destroy_process_group()
+    return result
 
 
 def launch_cli(main, args):
@@ -255,6 +268,7 @@ def launch_cli(main, args):
             world_size=world_size,
             for_training=not args.eval_only,
             datasets=args.datasets,
+            on_this_machine=not args.print_config,
         )
         if args.print_config:
             print(cfg.dump(), end="")
