@@ -13,7 +13,8 @@ from detectron2.engine import HookBase, TrainerBase
 from cluster_utils import errors_of, free_port
 from conftest import QUICKSTART, TINY_OPTS, run_train_net
 from rethink_d2.engine import rethink_argument_parser
-from rethink_d2.engine.defaults import EXIT_USER_ERROR, build_config, launch_cli
+from rethink_d2.engine.defaults import build_config, launch_cli
+from rethink_d2.utils.errors import EXIT_USER_ERROR
 from rethink_d2.engine.distributed import check_launch, choose_device, gpu_request
 from rethink_d2.engine.nonfinite import install_one_line_error_filter
 from rethink_d2.utils.errors import ConfigError, TrainingError

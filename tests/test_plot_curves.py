@@ -175,7 +175,7 @@ def test_cli_user_errors_are_one_line(tmp_path, capsys, argv, message):
     argv = [a.format(**dirs) for a in argv] + ["--out", str(tmp_path / "x.png")]
     assert plot_curves.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("plot_curves: error:") and message in err[0]
+    assert len(err) == 1 and err[0].startswith("rethink-d2: error:") and message in err[0]
     assert not (tmp_path / "x.png").exists()
 
 

@@ -281,3 +281,16 @@ def test_quickstart_config_matches_the_dataset():
     widths = [cfg.MODEL.FPN.OUT_CHANNELS]
     widths += [cfg.MODEL.ROI_BOX_HEAD.CONV_DIM, cfg.MODEL.ROI_MASK_HEAD.CONV_DIM]
     assert all(width % groups == 0 for width in widths), widths
+
+
+def test_data_and_subset_caches_share_one_root_rule(tmp_path, monkeypatch):
+    from rethink_d2.data.coco_fast import default_cache_dir
+
+    monkeypatch.delenv(DATA_ENV_VAR)
+    monkeypatch.delenv("RETHINK_D2_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    root = os.path.join(str(tmp_path / "xdg"), "rethink_d2")
+    assert shapes_cache_dir().startswith(root + os.sep)
+    assert default_cache_dir() == os.path.join(root, "subsets")
+    monkeypatch.setenv("RETHINK_D2_CACHE", str(tmp_path / "cache"))
+    assert default_cache_dir() == os.path.join(str(tmp_path / "cache"), "subsets")

@@ -483,4 +483,4 @@ def test_make_subset_tool(syn, tmp_path, capsys):
         make_subset.main(["--json", syn.json, "--size", "1.5", "--output", out])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("make_subset: error: bad subset size '1.5'")
+    assert len(err) == 1 and err[0].startswith("rethink-d2: error: bad subset size '1.5'")

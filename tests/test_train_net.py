@@ -3,7 +3,6 @@ import json
 import os
 
 import pytest
-import torch
 import yaml
 
 from conftest import QUICKSTART, TINY_OPTS, run_train_net

@@ -25,7 +25,7 @@ from rethink_d2.engine.cascade import (
     MASK_RCNN_REG_WEIGHTS,
     convert_checkpoint,
 )
-from rethink_d2.utils.errors import ConfigError, RethinkError
+from rethink_d2.utils.errors import ConfigError, RethinkError, report_user_error
 
 DEFAULT_NAME = "model_cascade_init.pth"
 
@@ -80,8 +80,7 @@ def main(argv=None):
         source, stages = regression_weights(args.config)
         info = convert_checkpoint(args.checkpoint, out, source, stages)
     except RethinkError as e:
-        print(f"convert_to_cascade: error: {e}", file=sys.stderr)
-        return 2
+        return report_user_error(e)
     print(
         f"wrote {out}: {info['stages']} cascade stages from the Mask R-CNN heads of "
         f"{args.checkpoint} (iteration {info['iteration']}), {info['tensors']} tensors"

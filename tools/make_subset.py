@@ -32,7 +32,7 @@ from rethink_d2.data.subset_spec import (  # noqa: E402
     choose_positions,
     parse_subset_spec,
 )
-from rethink_d2.utils.errors import DatasetError, RethinkError  # noqa: E402
+from rethink_d2.utils.errors import DatasetError, RethinkError, report_user_error  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -138,8 +138,7 @@ def main(argv=None):
     try:
         make_subset(args)
     except RethinkError as e:
-        print(f"make_subset: error: {e}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(report_user_error(e))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from rethink_d2.utils.curves import (
     pick_reference,
     plot_comparison,
 )
-from rethink_d2.utils.errors import ConfigError, RethinkError
+from rethink_d2.utils.errors import ConfigError, RethinkError, report_user_error
 
 
 def build_parser():
@@ -68,8 +68,7 @@ def main(argv=None):
         reference = pick_reference(runs, args.reference)
         tasks = plot_comparison(runs, args.out)
     except RethinkError as e:
-        print(f"plot_curves: error: {e}", file=sys.stderr)
-        return 2
+        return report_user_error(e)
     rows = comparison_rows(runs, reference, args.tolerance, tasks)
     print(format_rows(rows, reference.label, args.tolerance))
     print(f"wrote {args.out}")

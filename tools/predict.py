@@ -27,9 +27,9 @@ from detectron2.utils.visualizer import Visualizer
 from tqdm import tqdm
 
 from rethink_d2.engine import build_config
-from rethink_d2.engine.defaults import EXIT_USER_ERROR, add_dataset_argument
+from rethink_d2.engine.defaults import add_dataset_argument
 from rethink_d2.engine.run_dir import has_checkpoint
-from rethink_d2.utils.errors import ConfigError, RethinkError
+from rethink_d2.utils.errors import ConfigError, RethinkError, report_user_error
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -140,8 +140,7 @@ def main(argv=None):
         images = expand_inputs(args.input)[: args.limit]
         weights = _weights(cfg, args.weights)
     except RethinkError as e:
-        print(f"rethink-d2: error: {e}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return report_user_error(e)
     cfg.defrost()
     cfg.MODEL.WEIGHTS = weights
     cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = args.confidence_threshold

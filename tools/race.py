@@ -691,8 +691,9 @@ def main(argv=None):
         warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
         plans = plan_runs(recipes, args)
     except UserError as e:
-        print(f"rethink-d2: error: {e}", file=sys.stderr)
-        return 2
+        from rethink_d2.utils.errors import report_user_error
+
+        return report_user_error(e)
     for plan in plans:
         print(f"[{plan.recipe.name} seed {plan.seed}] python {shell_command(plan)}", flush=True)
     if args.dry_run:

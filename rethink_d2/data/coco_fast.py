@@ -9,7 +9,6 @@ concurrent ranks never see half a file.
 """
 
 import contextlib
-import fcntl
 import gc
 import hashlib
 import json
@@ -17,6 +16,7 @@ import logging
 import os
 
 from ..utils.errors import DatasetError
+from ..utils.files import atomic_write, cache_root, file_lock
 from .manifest import subset_stats
 from .subset_spec import coco_annotation_is_usable
 
@@ -32,14 +32,12 @@ def default_cache_dir(configured=""):
         configured (str): ``RETHINK.DATA.SUBSET_CACHE_DIR`` ("" for the default).
 
     Returns:
-        str: ``configured``, else ``$RETHINK_D2_CACHE/subsets``, else
-        ``~/.cache/rethink_d2/subsets``.
+        str: ``configured``, else ``$RETHINK_D2_CACHE/subsets``, else ``<cache root>/subsets``
+        (:func:`rethink_d2.utils.files.cache_root`).
     """
     if configured:
         return os.path.expanduser(configured)
-    root = os.environ.get(CACHE_ENV) or os.path.join(
-        os.path.expanduser("~"), ".cache", "rethink_d2"
-    )
+    root = os.path.abspath(os.path.expanduser(os.environ.get(CACHE_ENV) or cache_root()))
     return os.path.join(root, "subsets")
 
 
@@ -170,12 +168,8 @@ def write_json_atomic(obj, path, **dump_kwargs):
         path (str): destination.
         dump_kwargs: passed to ``json.dumps``.
     """
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
     text = json.dumps(obj, **dump_kwargs)  # json.dump(obj, f) would use the slow Python encoder
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def cache_paths(cache_dir, json_file, tag, label):
@@ -241,16 +235,15 @@ def ensure_cached_subset(json_file, tag, choose, cache_dir, label, dataset="the 
     if not os.path.isfile(json_file):
         raise missing_json_error(json_file, dataset)
     subset_path, meta_path = cache_paths(cache_dir, json_file, tag, label)
-    try:
-        os.makedirs(cache_dir, exist_ok=True)
-        lock = open(subset_path + ".lock", "w")
-    except OSError as e:
-        raise DatasetError(
-            f"cannot write the subset cache '{cache_dir}' ({e}); set RETHINK.DATA.SUBSET_CACHE_DIR "
-            f"or ${CACHE_ENV} to a writable directory"
-        ) from e
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with contextlib.ExitStack() as locked:
+        try:
+            os.makedirs(cache_dir, exist_ok=True)
+            locked.enter_context(file_lock(subset_path + ".lock"))
+        except OSError as e:
+            raise DatasetError(
+                f"cannot write the subset cache '{cache_dir}' ({e}); set "
+                f"RETHINK.DATA.SUBSET_CACHE_DIR or ${CACHE_ENV} to a writable directory"
+            ) from e
         meta = _read_meta(meta_path, subset_path, json_file, tag)
         if meta is None:
             logger.info(f"Building the subset cache {subset_path} from {json_file} (once) ...")

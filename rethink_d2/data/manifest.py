@@ -17,6 +17,7 @@ import os
 from collections import Counter
 
 from ..utils.errors import DatasetError
+from ..utils.files import atomic_write
 
 MANIFEST_NAME = "subset_manifest.json"
 MANIFEST_FORMAT = "rethink_d2.subset_manifest/1"
@@ -229,9 +230,5 @@ def write_manifest(path, entries):
     text = json.dumps({"format": MANIFEST_FORMAT, "subsets": shown}, indent=1)
     for key, image_ids in placeholders.items():
         text = text.replace(json.dumps(key), json.dumps(image_ids), 1)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text + "\n")
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(text + "\n"), binary=False)
     return True

@@ -11,7 +11,6 @@ Every split is a pure function of its seed: the same bytes on every machine with
 numpy / Pillow / zlib. Later shapes occlude earlier ones and each annotation stores the
 *visible* mask as COCO RLE (``INPUT.MASK_FORMAT "bitmask"``).
 """
-import contextlib
 import hashlib
 import json
 import logging
@@ -27,11 +26,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as mask_util
 
 from ..utils.errors import DatasetError
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: the temp-dir + rename below still keeps the cache consistent
-    fcntl = None
+from ..utils.files import cache_root, file_lock
 
 __all__ = [
     "SHAPES_VERSION",
@@ -84,9 +79,7 @@ def shapes_cache_dir(root=None):
 
 def _data_root(root):
     if not root:
-        root = os.environ.get(DATA_ENV_VAR) or os.path.join(
-            os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache"), "rethink_d2"
-        )
+        root = os.environ.get(DATA_ENV_VAR) or cache_root()
     return os.path.abspath(os.path.expanduser(root))
 
 
@@ -307,20 +300,6 @@ def _cache_problem(split_dir, seed, num_images, image_size):
     return None
 
 
-@contextlib.contextmanager
-def _exclusive(lock_path):
-    """Serialize generation across processes (e.g. DDP workers) on POSIX."""
-    if fcntl is None:
-        yield
-        return
-    with open(lock_path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def _split_params(split, num_images):
     if split not in SHAPES_SPLITS:
         raise DatasetError(
@@ -368,7 +347,7 @@ def ensure_shapes_dataset(split, root=None, num_images=None):
         return _split_paths(split_dir)
     try:
         os.makedirs(cache_dir, exist_ok=True)
-        with _exclusive(os.path.join(cache_dir, f".{name}.lock")):
+        with file_lock(os.path.join(cache_dir, f".{name}.lock")):
             problem = _cache_problem(split_dir, seed, num_images, image_size)
             if problem is None:  # another process generated it while we waited
                 return _split_paths(split_dir)

@@ -26,7 +26,6 @@ import logging
 import os
 import pickle
 import re
-import secrets
 import zipfile
 
 import torch
@@ -35,59 +34,18 @@ from detectron2.utils import comm
 
 from ..modeling.pretrained import maybe_convert_torchvision_checkpoint
 from ..utils.errors import TrainingError
+from ..utils.files import TEMP_FILE_RE, atomic_write
 
-__all__ = ["CHECKPOINT_TAG", "Checkpointer", "UnreadableCheckpointError", "atomic_write"]
+__all__ = ["CHECKPOINT_TAG", "Checkpointer", "UnreadableCheckpointError"]
 
 logger = logging.getLogger(__name__)
 
 # Name of the file that names the checkpoint to resume from (Detectron2's convention).
 CHECKPOINT_TAG = "last_checkpoint"
-_TEMP_SUFFIX = ".tmp"
-# ".<final name>.<pid>.<random hex>.tmp", hidden and never ending in ".pth"
-_TEMP_RE = re.compile(r"^\..+\.\d+\.[0-9a-f]+\.tmp$")
 
 
 class UnreadableCheckpointError(TrainingError):
     """A checkpoint file exists but cannot be read (truncated, corrupt, not a checkpoint)."""
-
-
-def _fsync_dir(directory):
-    """Persist a rename in ``directory``; a no-op where directories cannot be fsync-ed."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write(path, write, binary=True):
-    """
-    Write ``path`` so that it is at all times either absent/old or complete and new.
-
-    Args:
-        path (str): final file name (a local path).
-        write (callable): ``write(f)`` writes the content to the open file object ``f``.
-        binary (bool): open the temp file in binary mode.
-    """
-    directory = os.path.dirname(os.path.abspath(path))
-    temp = os.path.join(
-        directory,
-        f".{os.path.basename(path)}.{os.getpid()}.{secrets.token_hex(4)}{_TEMP_SUFFIX}",
-    )
-    # os.open (not mkstemp) so that the file gets the usual umask permissions, not 0600.
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temp)
-        raise
-    _fsync_dir(directory)
 
 
 def _is_complete(path):
@@ -169,7 +127,7 @@ class Checkpointer(DetectionCheckpointer):
     def _remove_temp_files(self):
         """Delete temp files left by a save that was killed (one writer per directory)."""
         for name in os.listdir(self.save_dir):
-            if _TEMP_RE.match(name):
+            if TEMP_FILE_RE.match(name):
                 with contextlib.suppress(OSError):
                     os.remove(os.path.join(self.save_dir, name))
                     logger.info("Removed %s, left by an interrupted save", name)

@@ -17,7 +17,7 @@ from ..model_zoo import get_config_dir
 from ..modeling.scratch import check_scratch_config
 from ..resolve import resolve_config
 from ..solver.schedule import compute_schedule, schedule_owned_values
-from ..utils.errors import ConfigError, RethinkError
+from ..utils.errors import ConfigError, RethinkError, report_user_error
 from .distributed import DIST_TIMEOUT_ENV_VAR, check_dist_port_free, explain_worker_failure
 from .distributed import check_launch, check_output_dir, choose_device
 from .preemption import PREEMPTED_EXIT_CODE, forward_signals_to_children
@@ -26,7 +26,6 @@ from .run_dir import check_same_run, default_output_dir, has_checkpoint, is_defa
 logger = logging.getLogger(__name__)
 
 # Exit code of a run stopped by a user error (bad config, missing dataset, ...).
-EXIT_USER_ERROR = 2
 # Exit code of a multi-process run whose processes could not meet (timeout, lost peer).
 EXIT_DIST_FAILURE = 1
 
@@ -217,11 +216,6 @@ def _merge(cfg, config_file, opts):
         raise ConfigError(f"command-line override: {' '.join(str(e).split())}") from None
 
 
-def _report_user_error(error):
-    """Print a RethinkError as the single line the user sees."""
-    print(f"rethink-d2: error: {error}", file=sys.stderr, flush=True)
-
-
 def run_worker(main, args):
     """
     Run ``main(args)`` in one training process; user errors exit with one line, no traceback.
@@ -237,8 +231,7 @@ def run_worker(main, args):
     try:
         result = main(args)
     except RethinkError as e:
-        _report_user_error(e)
-        sys.exit(EXIT_USER_ERROR)
+        sys.exit(report_user_error(e))
     if dist.is_initialized():
         # A process that exits with gloo/NCCL threads alive can abort after a successful run.
         dist.destroy_process_group()
@@ -278,14 +271,12 @@ def launch_cli(main, args):
         if not args.eval_only and not args.resume and cfg.RETHINK.AUTO_RESUME:
             check_same_run(cfg, has_checkpoint(cfg.OUTPUT_DIR))
     except RethinkError as e:
-        _report_user_error(e)
-        sys.exit(EXIT_USER_ERROR)
+        sys.exit(report_user_error(e))
     if world_size > 1 and args.machine_rank == 0:
         try:
             check_dist_port_free(args.dist_url)
         except RethinkError as e:
-            _report_user_error(e)
-            sys.exit(EXIT_USER_ERROR)
+            sys.exit(report_user_error(e))
     # In one process, training runs here and PreemptionHook handles the signals itself.
     forwarding = forward_signals_to_children() if world_size > 1 else contextlib.nullcontext([])
     with forwarding as received_signals:
@@ -308,5 +299,5 @@ def launch_cli(main, args):
             message = explain_worker_failure(str(e), args.dist_url, args.dist_timeout)
             if message is None:
                 raise
-            _report_user_error(f"process {e.error_index} of machine {args.machine_rank}: {message}")
+            report_user_error(f"process {e.error_index} of machine {args.machine_rank}: {message}")
             sys.exit(EXIT_DIST_FAILURE)

@@ -14,7 +14,7 @@ import os
 from detectron2.utils import comm
 
 from ..utils.errors import ConfigError
-from .checkpoint import atomic_write
+from ..utils.files import atomic_write
 
 __all__ = [
     "RESUME_FREE_KEYS",

@@ -23,12 +23,11 @@ import signal
 import subprocess
 import sys
 
-from ..utils.errors import ConfigError
+from ..utils.errors import EXIT_USER_ERROR, ConfigError, report_user_error
 from .env import LAUNCH_FLAGS, detect_scheduler, launch_args_from_env
 
 TRAIN_NET_ENV_VAR = "RETHINK_D2_TRAIN_NET"
 RETRY_EXIT_CODE_ENV_VAR = "RETHINK_D2_RETRY_EXIT_CODE"
-EXIT_USER_ERROR = 2
 # Signals the schedulers send before they kill (see rethink_d2.engine.preemption).
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
@@ -200,8 +199,7 @@ def main(argv=None):
         gpus = own.gpus_per_node if own.gpus_per_node is not None else _visible_gpus()
         command = build_command(user_args, environ, gpus_per_node=gpus or None)
     except ConfigError as e:
-        print(f"rethink-d2: error: {e}", file=sys.stderr, flush=True)
-        return EXIT_USER_ERROR
+        return report_user_error(e)
     line = shlex.join(command)
     if own.dry_run:
         print(line, flush=True)

@@ -1,12 +1,11 @@
 """The schedule table of docs/schedules.md, and ``python -m rethink_d2.solver`` which prints it."""
 
 import argparse
-import sys
 
 from detectron2.config import get_cfg
 
 from ..config import add_rethink_config
-from ..utils.errors import ConfigError
+from ..utils.errors import ConfigError, report_user_error
 from .schedule import compute_schedule
 
 __all__ = ["schedule_table", "main"]
@@ -80,6 +79,5 @@ def main(argv=None):
         rows = [(s, b) for s in args.specs for b in args.batch] if args.specs else _DOC_ROWS
         print(schedule_table(rows, cfg))
     except (ConfigError, KeyError, ValueError, AssertionError) as e:
-        print(f"rethink-d2: error: {e}", file=sys.stderr)
-        return 2
+        return report_user_error(e)
     return 0

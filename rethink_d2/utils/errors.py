@@ -1,5 +1,7 @@
 """Exceptions that carry one clear, user-facing line (what is wrong and how to fix it)."""
 
+import sys
+
 
 class RethinkError(Exception):
     """Base class of errors that ``tools/train_net.py`` prints as one line, without traceback."""
@@ -15,3 +17,24 @@ class DatasetError(RethinkError, ValueError):
 
 class TrainingError(RethinkError, RuntimeError):
     """Training cannot continue (e.g. non-finite loss); the last good checkpoint is kept."""
+
+
+# Exit code of every entry point for a user error (bad flag, config, data): never worth a restart.
+EXIT_USER_ERROR = 2
+
+
+def report_user_error(error):
+    """
+    Print ``error`` as the one line a user sees, ``rethink-d2: error: <error>``, on stderr.
+
+    Every entry point (``tools/*.py``, ``python -m rethink_d2.launch``, ``python -m
+    rethink_d2.solver``) reports user errors through this function.
+
+    Args:
+        error (Exception or str): what is wrong and how to fix it.
+
+    Returns:
+        int: :data:`EXIT_USER_ERROR`, the exit code to end with.
+    """
+    print(f"rethink-d2: error: {error}", file=sys.stderr, flush=True)
+    return EXIT_USER_ERROR
