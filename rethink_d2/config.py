@@ -73,7 +73,7 @@ def add_rethink_config(cfg):
     _C.RETHINK.DATA.SUBSET_MANIFEST = ""
     # Sampler-level subset ("10k", "0.1") for DATALOADER.SAMPLER_TRAIN "SubsetTrainingSampler".
     _C.RETHINK.DATA.SAMPLER_SUBSET = ""
-    # Cache of subset COCO JSONs ("": $RETHINK_D2_CACHE/subsets, else $XDG_CACHE_HOME/rethink_d2/subsets).
+    # Cache of subset COCO JSONs ("": $RETHINK_D2_CACHE/subsets, else <cache root>/subsets).
     _C.RETHINK.DATA.SUBSET_CACHE_DIR = ""
 
     # ---- your own COCO-format datasets (see rethink_d2/data/coco_datasets.py) ----

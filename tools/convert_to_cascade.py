@@ -61,13 +61,7 @@ def regression_weights(config_file):
 
 
 def main(argv=None):
-    """
-    Args:
-        argv (list[str] or None): command line without the program name.
-
-    Returns:
-        int: exit code (0 on success, 2 on a user error, printed as one line).
-    """
+    """Run the command line ``argv`` (None: ``sys.argv[1:]``); return the exit code."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

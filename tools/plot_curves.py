@@ -45,13 +45,7 @@ def build_parser():
 
 
 def main(argv=None):
-    """
-    Args:
-        argv (list[str] or None): command line without the program name.
-
-    Returns:
-        int: exit code (0 on success, 2 on a user error, printed as one line).
-    """
+    """Run the command line ``argv`` (None: ``sys.argv[1:]``); return the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if len(args.run_dirs) < 2:

@@ -10,9 +10,12 @@ of the config's OUTPUT_DIR. Class names come from the dataset the model was trai
 (DATASETS.TRAIN[0]; own data given with --dataset or kept in the run's config.yaml). The model is
 run with Detectron2's own DefaultPredictor and drawn with its Visualizer: one PNG per image.
 """
+
 import warnings
 
-warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
+warnings.filterwarnings(
+    "ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning
+)
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 import argparse  # noqa: E402
@@ -42,22 +45,46 @@ def build_parser():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--config", "--config-file", dest="config_file", metavar="FILE",
-                        required=True, help="a run's config.yaml or a shipped config")
-    parser.add_argument("--weights", metavar="FILE",
-                        help="model weights (default: the last checkpoint in the config's OUTPUT_DIR)")
-    parser.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                        help="image files, globs (quoted), folders, or registered dataset names "
-                        "(e.g. rethink_shapes_val: its images)")
-    parser.add_argument("--limit", type=int, metavar="N",
-                        help="draw only the first N images of the input")
-    parser.add_argument("--output", required=True, metavar="DIR",
-                        help="folder for the drawn PNGs (created)")
-    parser.add_argument("--confidence-threshold", type=float, default=0.5,
-                        help="minimum score of a drawn detection (default: %(default)s)")
+    parser.add_argument(
+        "--config",
+        "--config-file",
+        dest="config_file",
+        metavar="FILE",
+        required=True,
+        help="a run's config.yaml or a shipped config",
+    )
+    parser.add_argument(
+        "--weights",
+        metavar="FILE",
+        help="model weights (default: the last checkpoint in the config's OUTPUT_DIR)",
+    )
+    parser.add_argument(
+        "--input",
+        nargs="+",
+        required=True,
+        metavar="PATH",
+        help="image files, globs (quoted), folders, or registered dataset names "
+        "(e.g. rethink_shapes_val: its images)",
+    )
+    parser.add_argument(
+        "--limit", type=int, metavar="N", help="draw only the first N images of the input"
+    )
+    parser.add_argument(
+        "--output", required=True, metavar="DIR", help="folder for the drawn PNGs (created)"
+    )
+    parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=0.5,
+        help="minimum score of a drawn detection (default: %(default)s)",
+    )
     add_dataset_argument(parser)
-    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
-                        help="config overrides, e.g. MODEL.DEVICE cpu")
+    parser.add_argument(
+        "opts",
+        nargs=argparse.REMAINDER,
+        metavar="KEY VALUE",
+        help="config overrides, e.g. MODEL.DEVICE cpu",
+    )
     return parser
 
 
@@ -91,7 +118,9 @@ def expand_inputs(paths):
             found += [m for m in matches if os.path.isfile(m)]
     found = list(dict.fromkeys(found))
     if not found:
-        raise ConfigError(f"--input {' '.join(paths)} holds no image ({', '.join(IMAGE_EXTENSIONS)})")
+        raise ConfigError(
+            f"--input {' '.join(paths)} holds no image ({', '.join(IMAGE_EXTENSIONS)})"
+        )
     return found
 
 
@@ -123,17 +152,13 @@ def _output_names(images, output_dir):
 
 
 def main(argv=None):
-    """
-    Args:
-        argv (list[str] or None): command line without the program name.
-
-    Returns:
-        int: exit code (0 on success, 2 on a user error, printed as one line).
-    """
+    """Run the command line ``argv`` (None: ``sys.argv[1:]``); return the exit code."""
     args = build_parser().parse_args(argv)
     try:
         if not 0 <= args.confidence_threshold <= 1:
-            raise ConfigError(f"--confidence-threshold must be in [0, 1], got {args.confidence_threshold}")
+            raise ConfigError(
+                f"--confidence-threshold must be in [0, 1], got {args.confidence_threshold}"
+            )
         cfg = build_config(args.config_file, args.opts, for_training=False, datasets=args.datasets)
         if args.limit is not None and args.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {args.limit}")

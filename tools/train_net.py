@@ -10,11 +10,14 @@ Train (or evaluate) a detector with rethink-d2.
 Trailing KEY VALUE pairs override the config. Multi-machine: add --num-machines N
 --machine-rank R --dist-url tcp://HOST:PORT (see docs/cluster.md for Slurm and Kubernetes).
 """
+
 import warnings
 
 # Detectron2 imports torch.jit.script and pkg_resources, both deprecated upstream; the warnings
 # they print on every start (and in every worker) say nothing about the user's run.
-warnings.filterwarnings("ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning)
+warnings.filterwarnings(
+    "ignore", message=".*torch.jit.script.*is deprecated", category=FutureWarning
+)
 warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
 
 from detectron2.engine import default_setup  # noqa: E402
@@ -41,7 +44,9 @@ def setup(args):
         datasets=args.datasets,
     )
     default_setup(cfg, args)
-    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="rethink_d2", abbrev_name="rd2")
+    setup_logger(
+        cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="rethink_d2", abbrev_name="rd2"
+    )
     return cfg
 
 

@@ -56,7 +56,9 @@ def read_coco_categories(name, json_file, image_root):
     """
     where = f"dataset {name!r}"
     if not os.path.isfile(json_file):
-        raise DatasetError(f"{where}: annotation file {json_file!r} does not exist (check the path)")
+        raise DatasetError(
+            f"{where}: annotation file {json_file!r} does not exist (check the path)"
+        )
     if not os.path.isdir(image_root):
         raise DatasetError(f"{where}: image folder {image_root!r} does not exist (check the path)")
     stat = os.stat(json_file)
@@ -105,8 +107,8 @@ def _keypoint_flip_map(keypoint_names):
     """Pairs ("left_x", "right_x"), as COCO names them, for horizontal-flip augmentation."""
     pairs = []
     for kp in keypoint_names:
-        if kp.startswith("left_") and "right_" + kp[len("left_"):] in keypoint_names:
-            pairs.append((kp, "right_" + kp[len("left_"):]))
+        if kp.startswith("left_") and "right_" + kp[len("left_") :] in keypoint_names:
+            pairs.append((kp, "right_" + kp[len("left_") :]))
     return pairs
 
 

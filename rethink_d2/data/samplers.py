@@ -47,12 +47,27 @@ Training samplers by ``DATALOADER.SAMPLER_TRAIN`` name: ``(cfg, dataset) -> Samp
 _ORDER_FACTORIES = {}
 
 
-def _order_factory(name):
+def _builtin_sampler(name, registered=True):
+    """
+    Register ``prepare(cfg, dataset) -> factory`` as the order factory of sampler ``name`` and,
+    unless ``registered`` is False, the registry entry ``name(cfg, dataset)``:
+    ``factory(<order seed of cfg>)``, documented by ``prepare``'s docstring.
+    """
+
     def register(prepare):
         _ORDER_FACTORIES[name] = prepare
+        if registered:
+
+            def build(cfg, dataset):
+                return prepare(cfg, dataset)(_order_seed(cfg))
+
+            build.__name__ = build.__qualname__ = name
+            build.__doc__ = prepare.__doc__
+            SAMPLER_REGISTRY.register(build)
         return prepare
 
     return register
+
 
 # Detectron2 samplers that its own loader builds from cfg (they reload DATASETS.TRAIN per name);
 # build_train_sampler returns None for them and the loader lets Detectron2 choose.
@@ -132,72 +147,28 @@ def build_train_sampler(cfg, dataset):
     return SAMPLER_REGISTRY.get(name)(cfg, dataset)
 
 
-@SAMPLER_REGISTRY.register()
-def TrainingSampler(cfg, dataset):  # noqa: N802 (named after its DATALOADER.SAMPLER_TRAIN value)
-    """
-    Detectron2's TrainingSampler over the whole dataset, ordered by ``SEED``.
-
-    Args:
-        cfg (CfgNode): the config.
-        dataset (list[dict]): the training dataset dicts.
-
-    Returns:
-        detectron2.data.samplers.TrainingSampler
-    """
-    return _training_factory(cfg, dataset)(_order_seed(cfg))
-
-
-@_order_factory("TrainingSampler")
+@_builtin_sampler("TrainingSampler")
 def _training_factory(cfg, dataset):
+    """Detectron2's TrainingSampler over the whole dataset."""
     size = len(dataset)
     return lambda seed: d2_samplers.TrainingSampler(size, seed=seed)
 
 
-@SAMPLER_REGISTRY.register()
-def RepeatFactorTrainingSampler(cfg, dataset):  # noqa: N802
-    """
-    Detectron2's RepeatFactorTrainingSampler with LVIS repeat factors from
-    ``DATALOADER.REPEAT_THRESHOLD`` / ``REPEAT_SQRT``.
-
-    Args:
-        cfg (CfgNode): the config.
-        dataset (list[dict]): the training dataset dicts.
-
-    Returns:
-        detectron2.data.samplers.RepeatFactorTrainingSampler
-    """
-    return _repeat_factor_factory(cfg, dataset)(_order_seed(cfg))
-
-
-@_order_factory("RepeatFactorTrainingSampler")
+@_builtin_sampler("RepeatFactorTrainingSampler")
 def _repeat_factor_factory(cfg, dataset):
+    """Detectron2's RepeatFactorTrainingSampler (DATALOADER.REPEAT_THRESHOLD, REPEAT_SQRT)."""
     factors = d2_samplers.RepeatFactorTrainingSampler.repeat_factors_from_category_frequency(
         dataset, cfg.DATALOADER.REPEAT_THRESHOLD, sqrt=cfg.DATALOADER.REPEAT_SQRT
     )
     return lambda seed: d2_samplers.RepeatFactorTrainingSampler(factors, seed=seed)
 
 
-@SAMPLER_REGISTRY.register()
-def RandomSubsetTrainingSampler(cfg, dataset):  # noqa: N802
+@_builtin_sampler("RandomSubsetTrainingSampler")
+def _random_subset_factory(cfg, dataset):
     """
     Detectron2's RandomSubsetTrainingSampler (ratio ``DATALOADER.RANDOM_SUBSET_RATIO``, a key
     that is not in Detectron2's default config). Prefer ``SubsetTrainingSampler``.
-
-    Args:
-        cfg (CfgNode): the config.
-        dataset (list[dict]): the training dataset dicts.
-
-    Returns:
-        detectron2.data.samplers.RandomSubsetTrainingSampler
-
-    Raises:
-        ConfigError: the ratio key is missing.
     """
-    return _random_subset_factory(cfg, dataset)(_order_seed(cfg))
-
-
-@_order_factory("RandomSubsetTrainingSampler")
-def _random_subset_factory(cfg, dataset):
     ratio = cfg.DATALOADER.get("RANDOM_SUBSET_RATIO")
     if ratio is None:
         raise ConfigError(
@@ -219,11 +190,7 @@ def select_subset_indices(
 
     Args:
         dataset (list[dict]): dataset dicts.
-        spec (SubsetSpec): subset size.
-        seed (int or None): subset seed (used when ``image_ids`` is None).
-        image_ids (list or None): ids from a manifest; they define the subset.
-        what (str): how to name the subset in error messages.
-        manifest (str or None): the manifest file, for error messages.
+        spec, seed, image_ids, what, manifest: as in :func:`subset_spec.choose_positions`.
 
     Returns:
         tuple[list[int], list, int]: indices into ``dataset`` (selection order), their image
@@ -386,7 +353,7 @@ class SubsetTrainingSampler(Sampler):
 SAMPLER_REGISTRY.register(SubsetTrainingSampler)
 
 
-@_order_factory(SUBSET_SAMPLER)
+@_builtin_sampler(SUBSET_SAMPLER, registered=False)  # the class is the entry
 def _subset_factory(cfg, dataset):
     kwargs = SubsetTrainingSampler.from_config(cfg, dataset)
     return lambda seed: SubsetTrainingSampler(**{**kwargs, "seed": seed})

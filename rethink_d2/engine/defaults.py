@@ -97,8 +97,8 @@ def build_config(
     Steps: ``get_cfg()`` -> ``add_rethink_config`` -> ``merge_from_file`` -> ``merge_from_list``
     -> ``--dataset`` entries -> ``OUTPUT_DIR`` from the config path when none is given -> CPU
     fallback when no GPU is visible, unless the run asked for GPUs
-    (:func:`rethink_d2.engine.distributed.choose_device`) -> :func:`rethink_d2.resolve_config` -> scratch guard (for
-    training) -> freeze.
+    (:func:`rethink_d2.engine.distributed.choose_device`) -> :func:`rethink_d2.resolve_config`
+    -> scratch guard (for training) -> freeze.
 
     Args:
         config_file (str): path to a YAML config.
@@ -120,7 +120,9 @@ def build_config(
             one line naming what to change.
     """
     if not config_file:
-        raise ConfigError("no config given: pass --config FILE, e.g. --config configs/scratch_R50_GN_3x.yaml")
+        raise ConfigError(
+            "no config given: pass --config FILE, e.g. --config configs/scratch_R50_GN_3x.yaml"
+        )
     if not os.path.isfile(config_file):
         raise ConfigError(f"config file {config_file!r} does not exist (check the path)")
     cfg = get_cfg()

@@ -261,11 +261,7 @@ def choose_device(device, world_size=1, device_on_command_line=False, environ=No
     plain single-process run (with a warning). A run that asked for GPUs never silently trains
     on the CPU.
 
-    Args:
-        device (str): ``MODEL.DEVICE``.
-        world_size (int or None): number of training processes (None: one).
-        device_on_command_line (bool): ``MODEL.DEVICE`` was given as a command-line override.
-        environ (Mapping[str, str] or None): the environment (``os.environ`` when None).
+    Args: as :func:`gpu_request`.
 
     Returns:
         str: the device to write into ``MODEL.DEVICE``.

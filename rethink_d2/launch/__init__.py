@@ -5,22 +5,7 @@
 Docker image's entry point (see docs/cluster.md).
 """
 
-from .env import (
-    DEFAULT_MASTER_PORT,
-    LAUNCH_FLAGS,
-    check_master_addr,
-    check_slurm_layout,
-    detect_scheduler,
-    expand_slurm_nodelist,
-    launch_args_from_env,
-)
+from . import env
+from .env import *  # noqa: F401,F403 (the public names of the launch environment)
 
-__all__ = [
-    "DEFAULT_MASTER_PORT",
-    "LAUNCH_FLAGS",
-    "check_master_addr",
-    "check_slurm_layout",
-    "detect_scheduler",
-    "expand_slurm_nodelist",
-    "launch_args_from_env",
-]
+__all__ = list(env.__all__)

@@ -38,8 +38,8 @@ def check_model_config(cfg, parts=("backbone", "heads")):
 
     Raises:
         ConfigError: if the config has no ``RETHINK`` node, its ``MODEL.*.NORM`` keys disagree
-            with ``RETHINK.NORM``, a GroupNorm width is not divisible by the number of groups, or the ResNet depth/width
-            keys do not fit together.
+            with ``RETHINK.NORM``, a GroupNorm width is not divisible by the number of groups,
+            or the ResNet depth/width keys do not fit together.
     """
     if "RETHINK" not in cfg:
         raise ConfigError(

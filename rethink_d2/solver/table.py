@@ -44,7 +44,8 @@ def schedule_table(rows, cfg=None, dataset_images=118287):
     return "\n".join(lines)
 
 
-# the docs/schedules.md table: the paper's 2x..9x, Detectron2's scratch 9x at batch 64, Detectron2's 1x
+# the docs/schedules.md table: the paper's 2x..9x, Detectron2's scratch 9x at batch 64 and
+# Detectron2's 1x
 _DOC_ROWS = [(f"{m}x", 16, "tail") for m in range(2, 10)] + [
     ("9x", 64, "tail"),
     ("1x", 16, "proportional"),
@@ -55,10 +56,10 @@ def main(argv=None):
     """
     Print resolved schedules as a Markdown table.
 
-    ``python -m rethink_d2.solver`` prints the docs/schedules.md table (2x..9x at batch 16, 9x at batch 64,
-    Detectron2's proportional 1x); ``python -m rethink_d2.solver 6x 220kit --batch 16 64
-    --opts RETHINK.SCHEDULE.MODE proportional`` prints chosen specs at chosen batch sizes, with
-    config overrides.
+    ``python -m rethink_d2.solver`` prints the docs/schedules.md table (2x..9x at batch 16, 9x
+    at batch 64, Detectron2's proportional 1x); ``python -m rethink_d2.solver 6x 220kit
+    --batch 16 64 --opts RETHINK.SCHEDULE.MODE proportional`` prints chosen specs at chosen
+    batch sizes, with config overrides.
 
     Args:
         argv (list[str] or None): command line; ``None`` reads ``sys.argv[1:]``.
