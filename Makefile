@@ -79,7 +79,7 @@ $(STAMP)-package: $(STAMP)-detectron2 setup.py
 
 demo: $(STAMP)-package
 	$(PY) tools/train_net.py --config $(DEMO_CONFIG) OUTPUT_DIR $(DEMO_OUTPUT)
-	$(PY) tools/predict.py --config $(DEMO_OUTPUT)/config.yaml --input rethink_shapes_val --limit 8 \
+	$(PY) tools/predict.py --config $(DEMO_OUTPUT)/config.yaml --input rethink_shapes_val --limit 8 --scale 3 \
 		--output $(DEMO_OUTPUT)/predictions
 
 test: $(STAMP)-package

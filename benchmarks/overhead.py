@@ -53,6 +53,7 @@ def train(kind, iters, output_dir, num_gpus):
     from detectron2.engine import DefaultTrainer, HookBase, SimpleTrainer, AMPTrainer
     from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.utils import comm
+    from detectron2.utils.env import seed_all_rng
 
     from rethink_d2.engine import Trainer, build_config, wrap_model_for_distributed
 
@@ -96,6 +97,9 @@ def train(kind, iters, output_dir, num_gpus):
             self.cfg = cfg
             self.register_hooks(self.build_hooks())
 
+    # As Detectron2's default_setup: the same initial weights and augmentations in both runs, so
+    # that both trainers do the same work and only their own overhead differs.
+    seed_all_rng(cfg.SEED + comm.get_rank())
     trainer_class = Trainer if kind == "ours" else Detectron2Trainer
     trainer = trainer_class(cfg)
     clock = StepClock()

@@ -1,6 +1,5 @@
 """Helpers of the cluster tests: a tiny model, train_net subprocesses, ports, polling."""
 
-import json
 import os
 import socket
 import subprocess
@@ -121,11 +120,6 @@ def tagged_checkpoint(output_dir):
             return f.read().strip()
     except OSError:
         return ""
-
-
-def read_metrics(output_dir):
-    with open(os.path.join(output_dir, "metrics.json")) as f:
-        return [json.loads(line) for line in f if line.strip()]
 
 
 def errors_of(output):

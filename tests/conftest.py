@@ -1,4 +1,5 @@
 """Shared fixtures: a per-session data cache, the repository paths, and a train_net runner."""
+import json
 import logging
 import os
 import subprocess
@@ -63,6 +64,12 @@ def _few_threads():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
+
+
+def read_metrics(output_dir):
+    """The records of ``<output_dir>/metrics.json`` (one dict per line), in order."""
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 def run_train_net(args, timeout=600, env=None):

@@ -405,7 +405,7 @@ def test_architecture_labels_group_identical_models():
 
 # ---- one forward/backward per architecture, on CPU at tiny input size ----
 # Sizes are overridden here, never in the configs: a 64x96 image, few anchors and RoIs.
-TINY_OPTS = [
+STEP_OPTS = [
     "MODEL.DEVICE", "cpu",
     "MODEL.RPN.PRE_NMS_TOPK_TRAIN", "64",
     "MODEL.RPN.POST_NMS_TOPK_TRAIN", "16",
@@ -446,7 +446,7 @@ def test_model_trains_one_step_on_cpu(arch):
     cfg = get_cfg()
     add_rethink_config(cfg)
     cfg.merge_from_file(model_zoo.get_config_file(ARCH_EXAMPLE[arch]))
-    cfg.merge_from_list(TINY_OPTS)
+    cfg.merge_from_list(STEP_OPTS)
     cfg = resolve_config(cfg, world_size=1)
     model = build_model(cfg)
     model.train()

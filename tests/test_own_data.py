@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultPredictor
+from PIL import Image
 
 import rethink_d2
 from conftest import QUICKSTART, REPO, TINY_OPTS, run_train_net
@@ -106,7 +107,8 @@ def test_predict_writes_one_png_per_image(own_run, tmp_path):
     out = tmp_path / "pred"
     proc = subprocess.run(
         [sys.executable, PREDICT, "--config", os.path.join(own_run["out"], "config.yaml"),
-         "--input", own_run["images"], "--output", str(out), "--confidence-threshold", "0.0"],
+         "--input", own_run["images"], "--output", str(out), "--confidence-threshold", "0.0",
+         "--scale", "2"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
         env=dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore"),
     )
@@ -114,6 +116,9 @@ def test_predict_writes_one_png_per_image(own_run, tmp_path):
     assert sorted(os.listdir(out)) == sorted(
         os.path.splitext(i["file_name"])[0] + ".png" for i in own_run["data"]["images"]
     )
+    first = own_run["data"]["images"][0]
+    drawn = Image.open(out / (os.path.splitext(first["file_name"])[0] + ".png"))
+    assert drawn.size == (2 * first["width"], 2 * first["height"])
 
 
 @pytest.mark.slow

@@ -8,9 +8,8 @@ import torch
 
 from detectron2.checkpoint import Checkpointer
 
-from cluster_utils import CLUSTER_OPTS, read_metrics, start_train_net, tagged_checkpoint, wait
-from cluster_utils import wait_until
-from conftest import QUICKSTART
+from cluster_utils import CLUSTER_OPTS, start_train_net, tagged_checkpoint, wait, wait_until
+from conftest import QUICKSTART, read_metrics
 from rethink_d2.engine import Trainer, build_config
 from rethink_d2.engine.data_seen import DataSeenCounter, DataSeenHook
 from rethink_d2.engine.nonfinite import FiniteLossTrainer

@@ -1,16 +1,10 @@
 """End-to-end tests of tools/train_net.py: flags, bad input, train -> resume -> eval, 2 processes."""
-import json
 import os
 
 import pytest
 import yaml
 
-from conftest import QUICKSTART, TINY_OPTS, run_train_net
-
-
-def read_metrics(output_dir):
-    with open(os.path.join(output_dir, "metrics.json")) as f:
-        return [json.loads(line) for line in f if line.strip()]
+from conftest import QUICKSTART, TINY_OPTS, read_metrics, run_train_net
 
 
 def test_help_documents_every_flag():

@@ -78,6 +78,12 @@ def build_parser():
         default=0.5,
         help="minimum score of a drawn detection (default: %(default)s)",
     )
+    parser.add_argument(
+        "--scale",
+        type=float,
+        default=1.0,
+        help="size of the drawn PNGs relative to the input images (default: %(default)s)",
+    )
     add_dataset_argument(parser)
     parser.add_argument(
         "opts",
@@ -160,6 +166,8 @@ def main(argv=None):
                 f"--confidence-threshold must be in [0, 1], got {args.confidence_threshold}"
             )
         cfg = build_config(args.config_file, args.opts, for_training=False, datasets=args.datasets)
+        if args.scale <= 0:
+            raise ConfigError(f"--scale must be > 0, got {args.scale}")
         if args.limit is not None and args.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {args.limit}")
         images = expand_inputs(args.input)[: args.limit]
@@ -178,7 +186,8 @@ def main(argv=None):
     ):
         image = read_image(image_path, format="BGR")
         instances = predictor(image)["instances"].to("cpu")
-        drawn = Visualizer(image[:, :, ::-1], metadata).draw_instance_predictions(instances)
+        visualizer = Visualizer(image[:, :, ::-1], metadata, scale=args.scale)
+        drawn = visualizer.draw_instance_predictions(instances)
         drawn.save(out_path)
     print(f"wrote {len(images)} PNGs to {args.output} (weights: {weights})")
     return 0
