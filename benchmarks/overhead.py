@@ -2,7 +2,8 @@
 """
 Per-iteration overhead of rethink_d2.engine.Trainer over Detectron2's DefaultTrainer.
 
-Same config (the quickstart model on the built-in shapes dataset), same data, same seed. The
+Same config (the quickstart model on the built-in shapes dataset), same initial weights, same
+images in the same order (Detectron2's sampler gets ``cfg.SEED``, as rethink-d2's does). The
 parent process runs the two trainers alternately in child processes (ours, Detectron2's, ours,
 ...), after one untimed warm-up run of each, so that slow phases of a shared machine hit both
 alike, and prints the ratio of the median per-iteration times and of the 10th percentiles
@@ -13,9 +14,10 @@ alike, and prints the ratio of the median per-iteration times and of the 10th pe
 With ``--num-gpus 2`` each run has two training processes (Detectron2's ``launch``; gloo on the
 CPU when no GPU is visible, without data loader workers, so that the two processes have the
 cores), where the per-iteration agreement between ranks (non-finite loss, preemption) costs a
-real collective. Detectron2's ``DefaultTrainer`` wraps CPU models with ``device_ids``, which
-DDP refuses, so the baseline is ``DefaultTrainer`` with only that wrapping changed (the same as
-rethink-d2's ``wrap_model_for_distributed``).
+real collective; the time of that collective alone is printed too. Detectron2's
+``DefaultTrainer`` wraps CPU models with ``device_ids``, which DDP refuses, so the baseline is
+``DefaultTrainer`` with only that wrapping changed (the same as rethink-d2's
+``wrap_model_for_distributed``) and its sampler ordered by ``cfg.SEED``.
 
 Usage:
     python benchmarks/overhead.py [--rounds 3] [--iters 40] [--warmup 5] [--num-gpus 2]
@@ -38,6 +40,11 @@ def run_child(kind, iters, output_dir, num_gpus=1):
     from detectron2.engine import launch
 
     torch.set_num_threads(1)
+    if kind == "vote":
+        launch(time_step_vote, num_gpus, dist_url="auto", args=(output_dir,))
+        with open(os.path.join(output_dir, "vote.json")) as f:
+            print(f.read())
+        return
     if num_gpus == 1:
         durations = train(kind, iters, output_dir, num_gpus)
     else:
@@ -52,6 +59,8 @@ def train(kind, iters, output_dir, num_gpus):
     import torch
     from detectron2.engine import DefaultTrainer, HookBase, SimpleTrainer, AMPTrainer
     from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.data import build_detection_train_loader, get_detection_dataset_dicts
+    from detectron2.data.samplers import TrainingSampler
     from detectron2.utils import comm
     from detectron2.utils.env import seed_all_rng
 
@@ -97,6 +106,16 @@ def train(kind, iters, output_dir, num_gpus):
             self.cfg = cfg
             self.register_hooks(self.build_hooks())
 
+        @classmethod
+        def build_train_loader(cls, cfg):
+            # Detectron2 orders its TrainingSampler by a shared random seed; cfg.SEED gives it
+            # the image order of rethink-d2's sampler, so both runs train on the same images.
+            dataset = get_detection_dataset_dicts(
+                cfg.DATASETS.TRAIN, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS
+            )
+            sampler = TrainingSampler(len(dataset), seed=cfg.SEED)
+            return build_detection_train_loader(cfg, dataset=dataset, sampler=sampler)
+
     # As Detectron2's default_setup: the same initial weights and augmentations in both runs, so
     # that both trainers do the same work and only their own overhead differs.
     seed_all_rng(cfg.SEED + comm.get_rank())
@@ -112,6 +131,32 @@ def train(kind, iters, output_dir, num_gpus):
     return durations
 
 
+def time_step_vote(output_dir, calls=500):
+    """Seconds per call of the trainer's per-iteration vote (its one all_reduce), on rank 0."""
+    import torch
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    from rethink_d2.engine.distributed import StepVote
+
+    torch.set_num_threads(1)
+    vote = StepVote()
+    vote.add_source("preempted", lambda: False)  # as PreemptionHook does
+    flag = torch.zeros((), dtype=torch.bool)
+    for _ in range(20):
+        vote.vote(0, nonfinite=flag)
+    comm.synchronize()
+    start = time.perf_counter()
+    for i in range(calls):
+        vote.vote(i, nonfinite=flag)
+    seconds = (time.perf_counter() - start) / calls
+    if comm.is_main_process():
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, "vote.json"), "w") as f:
+            json.dump(seconds, f)
+    dist.destroy_process_group()
+
+
 def main():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
@@ -122,12 +167,14 @@ def main():
     parser.add_argument(
         "--num-gpus", type=int, default=1, help="training processes per run (gloo on a CPU)"
     )
-    parser.add_argument("--child", choices=["ours", "detectron2"], help=argparse.SUPPRESS)
+    parser.add_argument("--child", choices=["ours", "detectron2", "vote"], help=argparse.SUPPRESS)
     parser.add_argument("--output-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         run_child(args.child, args.iters, args.output_dir, args.num_gpus)
         return
+    if args.rounds < 1 or args.iters <= args.warmup:
+        parser.error("needs --rounds >= 1 and --iters > --warmup")
 
     import tempfile
 
@@ -153,6 +200,7 @@ def main():
                 times[kind].extend(durations)
                 print(f"round {round_index} {kind:>10}: {statistics.median(durations):.4f} s/iter "
                       f"(median of {len(durations)})", flush=True)
+        vote = run("vote", "vote", 0) if args.num_gpus > 1 else None
     ours = statistics.median(times["ours"])
     theirs = statistics.median(times["detectron2"])
     print(f"median s/iter: ours {ours:.4f}, Detectron2's {theirs:.4f}")
@@ -168,6 +216,11 @@ def main():
         f"per-iteration time ratio (ours / Detectron2's{processes}): {ours / theirs:.3f}   "
         f"target <= 1.02"
     )
+    if vote is not None:
+        print(
+            f"the per-iteration vote alone (non-finite + preemption flags, one all_reduce): "
+            f"{vote * 1e3:.2f} ms per iteration, {vote / ours:.2%} of ours"
+        )
 
 
 def _decile(values):
