@@ -1,4 +1,5 @@
 """Shared fixtures: a per-session data cache, the repository paths, and a train_net runner."""
+import inspect
 import json
 import logging
 import os
@@ -45,6 +46,19 @@ os.environ["RETHINK_D2_DATA"] = os.environ.get("RETHINK_D2_TEST_DATA") or tempfi
     prefix="rethink_d2_test_data_"
 )
 os.environ["RETHINK_D2_CACHE"] = tempfile.mkdtemp(prefix="rethink_d2_test_cache_")
+
+
+# A test whose body calls one of these starts other processes (train_net, tools, gloo workers):
+# it is marked `slow` (still run by `make test`; `-m "not slow"` leaves them out).
+_STARTS_PROCESSES = ("run_train_net(", "start_train_net(", "subprocess.", "launch_gloo(", "launch(")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        function = getattr(item, "function", None)
+        source = inspect.getsource(function) if function is not None else ""
+        if any(call in source for call in _STARTS_PROCESSES):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(autouse=True)
