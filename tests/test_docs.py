@@ -11,6 +11,9 @@ The line right above a block may say how to run it:
   ``--print-config`` (configs, flags and overrides are checked, nothing trains): for commands
   that need COCO or GPUs.
 
+In a python block, a line ``print(...)  # EXPECTED`` states what it prints: the block's output
+lines must equal those comments, in order.
+
 ``yaml``, ``text`` and ``console`` blocks are never run.
 """
 import glob
@@ -27,6 +30,7 @@ DOC_FILES = ["README.md", *sorted(glob.glob("docs/*.md", root_dir=REPO)), "docke
 LINKED = ["configs", "tools", "benchmarks", "docs"]
 BLOCK = re.compile(r"^```(bash|python)\n(.*?)^```", re.S | re.M)
 MARKER = re.compile(r"<!--\s*docs-test:\s*(skip|print-config)\s*(?::\s*(.*?))?\s*-->")
+STATED_OUTPUT = re.compile(r"^print\(.*\)\s+#\s*(.+?)\s*$", re.M)
 
 
 def doc_blocks():
@@ -83,6 +87,8 @@ def test_documented_block_runs_as_written(language, marker, reason, code, workdi
         code = code.replace("tools/train_net.py", "tools/train_net.py --print-config")
     proc = run_block(language, code, workdir)
     assert proc.returncode == 0, (proc.stdout[-3000:], proc.stderr[-3000:])
+    if language == "python":
+        assert proc.stdout.splitlines() == STATED_OUTPUT.findall(code), proc.stderr[-3000:]
     if marker == "print-config":
         assert "Traceback" not in proc.stderr
 
