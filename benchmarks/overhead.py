@@ -128,6 +128,8 @@ def train(kind, iters, output_dir, num_gpus):
     if num_gpus > 1 and comm.is_main_process():
         with open(os.path.join(output_dir, "durations.json"), "w") as f:
             json.dump(durations, f)
+    if num_gpus > 1:
+        torch.distributed.destroy_process_group()  # as run_worker: no gloo threads at exit
     return durations
 
 

@@ -14,10 +14,9 @@ from cluster_utils import errors_of, free_port
 from conftest import QUICKSTART, TINY_OPTS, run_train_net
 from rethink_d2.engine import rethink_argument_parser
 from rethink_d2.engine.defaults import build_config, launch_cli
-from rethink_d2.utils.errors import EXIT_USER_ERROR
 from rethink_d2.engine.distributed import check_launch, choose_device, gpu_request
 from rethink_d2.engine.nonfinite import install_one_line_error_filter
-from rethink_d2.utils.errors import ConfigError, TrainingError
+from rethink_d2.utils.errors import EXIT_USER_ERROR, ConfigError, TrainingError
 
 # TINY_OPTS without its MODEL.DEVICE cpu: the quickstart config asks for Detectron2's "cuda".
 CUDA_OPTS = [o for pair in zip(TINY_OPTS[::2], TINY_OPTS[1::2]) if pair[0] != "MODEL.DEVICE"

@@ -1,5 +1,6 @@
 """Issue 10 end to end: own COCO data via --dataset, Detectron2's own inference API on a trained
 run, tools/predict.py, one output directory per config and auto-resume of the same run only."""
+import importlib.util
 import json
 import os
 import shutil
@@ -208,4 +209,24 @@ def test_bad_own_data_is_one_line_and_writes_nothing(tmp_path, damage, expected)
          "DATASETS.TRAIN", "('broken',)", "OUTPUT_DIR", str(out)]
     )
     assert expected in one_error_line(proc)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--confidence-threshold", "1.5"], "--confidence-threshold must be in [0, 1]"),
+        (["--scale", "0"], "--scale must be > 0"),
+        (["--limit", "0"], "--limit must be >= 1"),
+    ],
+)
+def test_predict_bad_flag_is_one_line_and_draws_nothing(tmp_path, capsys, flags, message):
+    spec = importlib.util.spec_from_file_location("predict", PREDICT)
+    predict = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(predict)
+    out = tmp_path / "pred"
+    argv = ["--config", QUICKSTART, "--input", "rethink_shapes_val", "--output", str(out), *flags]
+    assert predict.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("rethink-d2: error:") and message in err[0]
     assert not out.exists()

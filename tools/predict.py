@@ -165,11 +165,11 @@ def main(argv=None):
             raise ConfigError(
                 f"--confidence-threshold must be in [0, 1], got {args.confidence_threshold}"
             )
-        cfg = build_config(args.config_file, args.opts, for_training=False, datasets=args.datasets)
         if args.scale <= 0:
             raise ConfigError(f"--scale must be > 0, got {args.scale}")
         if args.limit is not None and args.limit < 1:
             raise ConfigError(f"--limit must be >= 1, got {args.limit}")
+        cfg = build_config(args.config_file, args.opts, for_training=False, datasets=args.datasets)
         images = expand_inputs(args.input)[: args.limit]
         weights = _weights(cfg, args.weights)
     except RethinkError as e:

@@ -25,7 +25,6 @@ from .run_dir import check_same_run, default_output_dir, has_checkpoint, is_defa
 
 logger = logging.getLogger(__name__)
 
-# Exit code of a run stopped by a user error (bad config, missing dataset, ...).
 # Exit code of a multi-process run whose processes could not meet (timeout, lost peer).
 EXIT_DIST_FAILURE = 1
 
