@@ -4,7 +4,7 @@ Generates a synthetic COCO instances json the size of COCO train2017 (118,287 im
 them without annotations, ~860k polygon instances, 80 categories with COCO's ids) in a temporary
 directory, then measures, each load in a fresh subprocess (peak RSS = VmHWM of that process):
 
-* selection: ranking all eligible image ids and taking 10k (``subset_spec.select_positions``);
+* selection: ranking all eligible image ids and taking 10k (``subsets.choose_positions``);
 * full: ``load_coco_json`` of the whole file (what training on train2017 costs per run);
 * subset: ``DatasetCatalog.get("bench@10k")`` with the subset cache in place (every run but the
   first); the first, cold run (parses the full json once and writes the subset json) is shown too;
@@ -176,7 +176,7 @@ def main():
     if args.child:
         return child(args.child, args.json, args.cache, args.subset)
 
-    from rethink_d2.data.subset_spec import parse_subset_spec, select_positions
+    from rethink_d2.data.subsets import choose_positions, parse_subset_spec
 
     workdir = tempfile.mkdtemp(prefix="rethink_subset_scale_")
     try:
@@ -190,7 +190,7 @@ def main():
             f"in {time.perf_counter() - start:.1f} s"
         )
         start = time.perf_counter()
-        chosen = select_positions(eligible, parse_subset_spec(args.subset), seed=0)
+        chosen = choose_positions(eligible, parse_subset_spec(args.subset), seed=0)
         selection = time.perf_counter() - start
         print(f"selection of {len(chosen)} of {len(eligible)} eligible images: {selection:.3f} s")
 

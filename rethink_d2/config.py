@@ -1,25 +1,17 @@
-"""Config keys of rethink-d2, all under the ``RETHINK`` sub-node.
+"""Config keys of rethink-d2, all under the ``RETHINK`` sub-node."""
 
-``add_rethink_config(cfg)`` only *adds* keys to the ``cfg`` it is given: Detectron2's global
-default config (``detectron2.config.get_cfg()``) is never modified.
-"""
 from detectron2.config import CfgNode as CN
 
 
 def add_rethink_config(cfg):
     """
-    Add the ``RETHINK`` sub-node (and its defaults) to a Detectron2 config.
-
-    Args:
-        cfg (CfgNode): a config returned by ``detectron2.config.get_cfg()``; modified in place.
-
-    Returns:
-        CfgNode: the same ``cfg``, for chaining.
+    Add the ``RETHINK`` sub-node and its defaults to ``cfg`` (in place; returned for chaining).
+    Detectron2's global default config (``get_cfg()``) is never modified.
     """
     _C = cfg
     _C.RETHINK = CN()
-    # Normalization of the whole detector (backbone, FPN, box head, mask head, keypoint head):
-    # "GN", "SyncBN", "BN", or "" to leave Detectron2's per-module NORM keys as written.
+    # Norm of backbone, FPN and box/mask/keypoint heads: "GN", "SyncBN", "BN", or "" to keep
+    # Detectron2's per-module NORM keys as written.
     _C.RETHINK.NORM = "GN"
     # Groups of every GroupNorm (Wu & He use 32); GN widths must be multiples of it and of 32.
     _C.RETHINK.GN_GROUPS = 32
@@ -31,9 +23,9 @@ def add_rethink_config(cfg):
     _C.RETHINK.ZERO_INIT_RESIDUAL = False
     # Weight Standardization (Qiao et al.) on the ResNet convs (GN+WS); FPN and heads unchanged.
     _C.RETHINK.WEIGHT_STANDARDIZATION = False
-    # Weights the input settings (pixel mean/std, INPUT.FORMAT, STRIDE_IN_1X1) must match: "auto"
-    # (from MODEL.WEIGHTS; "scratch" when it is ""), "scratch", "msra", "fair_caffe2", "fair",
-    # "torchvision", or "" to keep them as written (see rethink_d2/modeling/pretrained.py).
+    # Weights that pixel mean/std, INPUT.FORMAT and STRIDE_IN_1X1 must match: "auto" (from
+    # MODEL.WEIGHTS), "scratch", "msra", "fair_caffe2", "fair", "torchvision", or "" to keep them
+    # as written (see rethink_d2/modeling/pretrained.py).
     _C.RETHINK.PRETRAINED_FORMAT = "auto"
 
     # ---- schedule (see rethink_d2/solver/schedule.py) ----

@@ -1,4 +1,5 @@
 """Paths of the configs shipped with rethink-d2, mirroring ``detectron2.model_zoo``."""
+
 import os
 
 from .utils.errors import ConfigError
@@ -9,8 +10,8 @@ _PACKAGE_CONFIGS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "con
 def get_config_dir():
     """
     Returns:
-        str: the directory holding the shipped configs (``configs/`` of the repository, which is
-        the same directory as ``rethink_d2/configs`` in an editable install and a copy in a wheel).
+        str: the directory of the shipped configs (the repository's ``configs/``, linked as
+        ``rethink_d2/configs`` in an editable install, copied in a wheel).
     """
     return _PACKAGE_CONFIGS
 
@@ -21,25 +22,18 @@ def list_configs():
         list[str]: every shipped config, relative to :func:`get_config_dir` (``Base-*`` included).
     """
     root = get_config_dir()
-    found = []
-    for dirpath, _, filenames in os.walk(root, followlinks=True):
-        for name in filenames:
-            if name.endswith(".yaml"):
-                found.append(os.path.relpath(os.path.join(dirpath, name), root))
-    return sorted(found)
+    return sorted(
+        os.path.relpath(os.path.join(dirpath, name), root)
+        for dirpath, _, filenames in os.walk(root, followlinks=True)
+        for name in filenames
+        if name.endswith(".yaml")
+    )
 
 
 def get_config_file(config_path):
     """
-    Args:
-        config_path (str): a config name relative to ``configs/``,
-            e.g. ``"scratch_R50_GN_3x.yaml"`` or ``"quickstart/scratch_R18_GN_shapes.yaml"``.
-
-    Returns:
-        str: the absolute path of that config file.
-
-    Raises:
-        ConfigError: if no shipped config has that name.
+    Absolute path of a shipped config given relative to ``configs/``, e.g.
+    ``"quickstart/scratch_R18_GN_shapes.yaml"`` (ConfigError if there is none).
     """
     path = os.path.join(get_config_dir(), config_path)
     if not os.path.isfile(path):

@@ -26,8 +26,7 @@ from detectron2.data.transforms import ResizeShortestEdge
 from PIL import Image
 
 from cluster_utils import errors_of, free_port, start_train_net, wait
-from rethink_d2.data.build import TrainLoaderPosition
-from rethink_d2.data.samplers import ResumableSampler, grouped_stream_position
+from rethink_d2.data.build import ResumableSampler, TrainLoaderPosition, grouped_stream_position
 
 RANK_DUMP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train_net_rank_dump.py")
 DATASET = "rethink_test_dicts"  # registered by train_net_rank_dump.py from RETHINK_TEST_DICTS

@@ -13,9 +13,8 @@ from detectron2.data import samplers as d2_samplers
 from test_subsets import Synthetic, ids
 
 from rethink_d2.data import SAMPLER_REGISTRY, build_train_loader, build_train_sampler
-from rethink_d2.data.manifest import MANIFEST_NAME
 from rethink_d2.data.samplers import SubsetTrainingSampler
-from rethink_d2.data.subsets import get_subset_record, register_subset_datasets
+from rethink_d2.data.subsets import MANIFEST_NAME, get_subset_record, register_subset_datasets
 from rethink_d2.utils.errors import ConfigError, DatasetError
 
 
@@ -134,7 +133,7 @@ def test_sampler_manifest_round_trip(syn):
     dataset = get_detection_dataset_dicts([syn.name])
     cfg = sampler_cfg(syn, "0.2")
     sampler = build_train_sampler(cfg, dataset)
-    from rethink_d2.data.build import write_run_manifest
+    from rethink_d2.data.subsets import write_run_manifest
 
     path = write_run_manifest(cfg, sampler)
     with open(path) as f:

@@ -13,12 +13,17 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
 from detectron2.data.datasets import load_coco_json, register_coco_instances
 
-from rethink_d2 import add_rethink_config
-from rethink_d2.data import build as data_build
+from rethink_d2 import add_rethink_config, resolve_config
 from rethink_d2.data import coco_fast
-from rethink_d2.data.manifest import MANIFEST_NAME
-from rethink_d2.data.subset_spec import parse_subset_name, parse_subset_spec
-from rethink_d2.data.subsets import get_subset_record, register_subset, register_subset_datasets
+from rethink_d2.data.subsets import (
+    MANIFEST_NAME,
+    get_subset_record,
+    parse_subset_name,
+    parse_subset_spec,
+    register_subset,
+    register_subset_datasets,
+    write_run_manifest,
+)
 from rethink_d2.utils.errors import ConfigError, DatasetError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -359,7 +364,7 @@ def test_manifest_written_reused_and_guarded(syn):
     cfg = syn.cfg([name])
     register_subset_datasets(cfg)
     DatasetCatalog.get(name)
-    path = data_build.write_run_manifest(cfg)
+    path = write_run_manifest(cfg)
     assert path == os.path.join(cfg.OUTPUT_DIR, MANIFEST_NAME)
     with open(path) as f:
         manifest = json.load(f)
@@ -371,7 +376,7 @@ def test_manifest_written_reused_and_guarded(syn):
 
     # an identical manifest is left untouched
     os.utime(path, ns=(5, 5))
-    assert data_build.write_run_manifest(cfg) == path
+    assert write_run_manifest(cfg) == path
     assert os.stat(path).st_mtime_ns == 5
 
     # a different subset in the same OUTPUT_DIR is refused
@@ -379,7 +384,7 @@ def test_manifest_written_reused_and_guarded(syn):
     register_subset_datasets(other)
     DatasetCatalog.get(name)
     with pytest.raises(DatasetError, match="records a different subset.*SUBSET_MANIFEST"):
-        data_build.write_run_manifest(other)
+        write_run_manifest(other)
 
     # reuse: the manifest's ids win over the (different) subset seed, also in another spelling
     for reused in (name, f"{syn.name}@0.1613"):  # floor(0.1613 * 248) == 40
@@ -394,7 +399,7 @@ def test_manifest_mismatches(syn, tmp_path):
     cfg = syn.cfg([name])
     register_subset_datasets(cfg)
     DatasetCatalog.get(name)
-    path = data_build.write_run_manifest(cfg)
+    path = write_run_manifest(cfg)
     with pytest.raises(DatasetError, match="lists 40 images .* asks for 30"):
         register_subset_datasets(syn.cfg([f"{syn.name}@30"], SUBSET_MANIFEST=path))
     register_subset_datasets(syn.cfg([f"{syn.name}@0.5"], SUBSET_MANIFEST=path))
@@ -406,7 +411,7 @@ def test_manifest_mismatches(syn, tmp_path):
     with pytest.raises(DatasetError, match="is not a rethink-d2 subset manifest"):
         register_subset_datasets(syn.cfg([name], SUBSET_MANIFEST=str(tmp_path / "bad.json")))
     with pytest.raises(ConfigError, match="SUBSET_MANIFEST .* no dataset in DATASETS.TRAIN"):
-        register_subset_datasets(syn.cfg([syn.name], SUBSET_MANIFEST=path))
+        resolve_config(syn.cfg([syn.name], SUBSET_MANIFEST=path))
     # ids that are not in the dataset (a manifest of another dataset version)
     with open(path) as f:
         manifest = json.load(f)
@@ -452,7 +457,7 @@ def test_make_subset_tool(syn, tmp_path, capsys):
     cfg = syn.cfg([f"{syn.name}@35"], SUBSET_SEED=4)
     register_subset_datasets(cfg)
     DatasetCatalog.get(f"{syn.name}@35")
-    manifest = data_build.write_run_manifest(cfg)
+    manifest = write_run_manifest(cfg)
     out = str(tmp_path / "sub.json")
     tool = os.path.join(REPO, "tools", "make_subset.py")
     env = dict(os.environ, PYTHONWARNINGS="ignore", OMP_NUM_THREADS="1")

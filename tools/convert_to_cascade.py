@@ -32,14 +32,8 @@ DEFAULT_NAME = "model_cascade_init.pth"
 
 def regression_weights(config_file):
     """
-    Args:
-        config_file (str or None): a cascade (phase-2) config, or None for Detectron2's defaults.
-
-    Returns:
-        tuple: (Mask R-CNN BBOX_REG_WEIGHTS, per-stage cascade BBOX_REG_WEIGHTS).
-
-    Raises:
-        ConfigError: if the file is missing or its MODEL.ROI_HEADS.NAME is not CascadeROIHeads.
+    (Mask R-CNN BBOX_REG_WEIGHTS, per-stage cascade BBOX_REG_WEIGHTS) of a phase-2 (cascade)
+    config file, or Detectron2's defaults for None.
     """
     if config_file is None:
         return MASK_RCNN_REG_WEIGHTS, CASCADE_REG_WEIGHTS

@@ -21,16 +21,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from rethink_d2.data.coco_fast import (  # noqa: E402
     coco_eligible_ids,
-    coco_stats,
     coco_subset,
     read_coco_json,
     write_json_atomic,
 )
-from rethink_d2.data.manifest import read_manifest  # noqa: E402
-from rethink_d2.data.subset_spec import (  # noqa: E402
+from rethink_d2.data.subsets import (  # noqa: E402
     check_subset_seed,
     choose_positions,
+    coco_stats,
     parse_subset_spec,
+    read_manifest,
 )
 from rethink_d2.utils.errors import DatasetError, RethinkError, report_user_error  # noqa: E402
 
@@ -95,7 +95,7 @@ def make_subset(args):
         args (argparse.Namespace): from :func:`parse_args`.
 
     Returns:
-        dict: the subset's statistics (see ``rethink_d2.data.manifest.subset_stats``).
+        dict: the subset's statistics (see ``rethink_d2.data.subsets.subset_stats``).
     """
     json_file = args.json or _json_of(args.dataset)
     coco = read_coco_json(json_file, f"--dataset '{args.dataset}'" if args.dataset else "--json")

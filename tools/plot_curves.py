@@ -27,10 +27,7 @@ from rethink_d2.utils.errors import ConfigError, RethinkError, report_user_error
 
 
 def build_parser():
-    """
-    Returns:
-        argparse.ArgumentParser: the command line of this tool.
-    """
+    """The command line of this tool."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

@@ -38,10 +38,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 def build_parser():
-    """
-    Returns:
-        argparse.ArgumentParser: the command line of this tool.
-    """
+    """The command line of this tool."""
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -96,15 +93,8 @@ def build_parser():
 
 def expand_inputs(paths):
     """
-    Args:
-        paths (list[str]): files, glob patterns, folders or registered dataset names (call it
-            after ``build_config``, which registers the datasets of the config).
-
-    Returns:
-        list[str]: the image files they name, in order, without duplicates.
-
-    Raises:
-        ConfigError: when a path matches nothing, or nothing is an image.
+    The image files, in order and without duplicates, that ``paths`` name: files, glob
+    patterns, folders or registered dataset names (so call it after ``build_config``).
     """
     found = []
     for path in paths:

@@ -25,26 +25,35 @@ and images seen). A run that fails is reported as failed and the race goes on; a
 already finished with the same command (OUTPUT/NAME/seed<S>/race_run.json) is reused.
 """
 
-import argparse
+import warnings
+
+# Detectron2's imports print deprecation warnings that say nothing about the race.
+warnings.filterwarnings("ignore", category=FutureWarning)
+warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
+
+import argparse  # noqa: E402
 import csv
 import json
-import os
 import logging
-import math
+import os
 import re
 import shlex
 import subprocess
 import sys
 import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
+
+from detectron2.engine import DefaultTrainer
+
+from rethink_d2.engine import build_config
+from rethink_d2.utils.curves import IMAGES_SEEN_KEY, TASK_TITLES, load_metrics, plot_comparison
+from rethink_d2.utils.errors import RethinkError, report_user_error
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
 RUN_RECORD = "race_run.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_TASK_TITLES = {"bbox": "box AP", "segm": "mask AP", "keypoints": "keypoint AP"}
 
 
 class UserError(Exception):
@@ -60,14 +69,7 @@ class _Parser(argparse.ArgumentParser):
 
 @dataclass
 class Recipe:
-    """
-    One contestant of the race.
-
-    Attributes:
-        name (str): label, also the directory name under ``--output``.
-        config (str): path of its YAML config.
-        overrides (list[str]): ``KEY VALUE`` pairs, flattened, as ``tools/train_net.py`` takes them.
-    """
+    """A contestant: its name (also its directory), config file and ``KEY VALUE`` overrides."""
 
     name: str
     config: str
@@ -76,18 +78,7 @@ class Recipe:
 
 @dataclass
 class RunPlan:
-    """
-    One training run of the race (a recipe at one seed).
-
-    Attributes:
-        recipe (Recipe): what is trained.
-        seed (int): ``SEED``.
-        run_dir (str): its ``OUTPUT_DIR``.
-        ims_per_batch (int): images per iteration.
-        max_iter (int): ``SOLVER.MAX_ITER`` fitted to the budget.
-        eval_period (int): ``TEST.EVAL_PERIOD`` in iterations.
-        command (list[str]): the full ``tools/train_net.py`` command line.
-    """
+    """One training run of the race: a recipe at one seed, fitted to the budget."""
 
     recipe: Recipe
     seed: int
@@ -95,23 +86,11 @@ class RunPlan:
     ims_per_batch: int
     max_iter: int
     eval_period: int
-    command: list
+    command: list  # the full tools/train_net.py command line
 
 
 def split_top_level(text, sep=","):
-    """
-    Split ``text`` at ``sep`` outside (), [], {} and quotes.
-
-    Args:
-        text (str): e.g. ``"SOLVER.STEPS=(80,95),SOLVER.BASE_LR=0.08"``.
-        sep (str): one character.
-
-    Returns:
-        list[str]: the pieces (``["SOLVER.STEPS=(80,95)", "SOLVER.BASE_LR=0.08"]``).
-
-    Raises:
-        UserError: on unbalanced brackets or quotes.
-    """
+    """Split ``text`` at ``sep`` outside (), [], {} and quotes."""
     pieces, depth, quote, start = [], 0, None, 0
     for i, ch in enumerate(text):
         if quote:
@@ -134,18 +113,7 @@ def split_top_level(text, sep=","):
 
 
 def parse_recipe(text):
-    """
-    Parse ``NAME=CONFIG[:KEY=VALUE,KEY=VALUE,...]``.
-
-    Args:
-        text (str): one ``--recipe`` argument.
-
-    Returns:
-        Recipe
-
-    Raises:
-        UserError: when the text does not follow the syntax or the config file is missing.
-    """
+    """Parse one ``--recipe NAME=CONFIG[:KEY=VALUE,KEY=VALUE,...]`` into a :class:`Recipe`."""
     syntax = (
         "write --recipe NAME=CONFIG[:KEY=VALUE,...], e.g. lr08=configs/x.yaml:SOLVER.BASE_LR=0.08"
     )
@@ -161,29 +129,22 @@ def parse_recipe(text):
     if not os.path.isfile(config):
         raise UserError(f"--recipe {name}: config file {config!r} does not exist (check the path)")
     overrides = []
-    if opts:
-        for item in split_top_level(opts):
-            key, eq, value = item.partition("=")
-            key = key.strip()
-            if not eq or not key or not value.strip():
-                raise UserError(f"--recipe {name}: override {item!r} is not KEY=VALUE: {syntax}")
-            overrides += [key, value.strip()]
+    for item in split_top_level(opts) if opts else []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip() or not value.strip():
+            raise UserError(f"--recipe {name}: override {item!r} is not KEY=VALUE: {syntax}")
+        overrides += [key.strip(), value.strip()]
     return Recipe(name, config, overrides)
 
 
 def images_to_reach(points, target):
     """
-    Images seen when a learning curve first reaches ``target`` AP.
-
-    Linear interpolation between the two evaluation points around the first crossing; when the
-    first point already reaches ``target``, its images (an upper bound) are returned.
-
-    Args:
-        points (list[tuple[float, float]]): (images seen, AP), sorted by images.
-        target (float): AP to reach.
+    Images seen when the curve ``points`` ((images, AP), sorted) first reaches ``target`` AP,
+    interpolated linearly between the two points around the crossing.
 
     Returns:
-        tuple[float or None, bool]: (images, at_first_point); ``(None, False)`` if never reached.
+        tuple[float or None, bool]: (images, reached at the first point: images is an upper
+        bound); ``(None, False)`` if never reached.
     """
     previous = None
     for images, ap in points:
@@ -197,24 +158,14 @@ def images_to_reach(points, target):
 
 
 def format_reach(images, at_first):
-    """
-    Args:
-        images (float or None): from :func:`images_to_reach`.
-        at_first (bool): reached at the first evaluation point.
-
-    Returns:
-        str: ``"1234"``, ``"<= 600"`` or ``"not reached"``.
-    """
+    """``"1234"``, ``"<= 600"`` (reached at the first point) or ``"not reached"``."""
     if images is None:
         return "not reached"
     return f"<= {images:.0f}" if at_first else f"{images:.0f}"
 
 
 def build_parser():
-    """
-    Returns:
-        argparse.ArgumentParser: the command line of this tool.
-    """
+    """The command line of this tool."""
     parser = _Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
         "--recipe",
@@ -250,7 +201,7 @@ def build_parser():
     parser.add_argument(
         "--task",
         default="bbox",
-        choices=sorted(_TASK_TITLES),
+        choices=sorted(TASK_TITLES),
         help="AP that ranks the recipes (default: %(default)s)",
     )
     parser.add_argument(
@@ -280,10 +231,7 @@ def build_parser():
 
 
 def check_args(args):
-    """
-    Raises:
-        UserError: for values out of range (one line naming the option).
-    """
+    """Raise :class:`UserError` for option values out of range."""
     if args.images <= 0:
         raise UserError(f"--images must be > 0, got {args.images}")
     if args.evals <= 0:
@@ -301,55 +249,36 @@ def check_args(args):
             raise UserError(f"--dataset {name}: image directory {image_root!r} does not exist")
 
 
-def _resolve(recipe, opts, args):
+def _resolve(recipe, opts, args, context):
     """The frozen config ``tools/train_net.py`` would train, with its effective batch size."""
-    from detectron2.engine import DefaultTrainer
-
-    from rethink_d2.engine import build_config
-
     # The runs log what resolving says (e.g. "No GPU is visible"); checking here stays quiet.
     package_logger = logging.getLogger("rethink_d2")
     level = package_logger.level
     package_logger.setLevel(logging.ERROR)
     try:
         cfg = build_config(recipe.config, opts, world_size=args.num_gpus, datasets=args.dataset)
+        return DefaultTrainer.auto_scale_workers(cfg, args.num_gpus)
+    except RethinkError as e:
+        raise UserError(f"recipe {recipe.name}{context}: {e}") from None
     finally:
         package_logger.setLevel(level)
-    return DefaultTrainer.auto_scale_workers(cfg, args.num_gpus)
 
 
-def _fmt_tuple(values):
-    return "(" + ",".join(str(v) for v in values) + ("," if len(values) == 1 else "") + ")"
+def _points(images, evals):
+    """The images-seen points every recipe is evaluated at."""
+    return [images * (k + 1) // evals for k in range(evals)]
 
 
 def plan_runs(recipes, args):
-    """
-    Fit every recipe to the budget and build its commands.
-
-    Args:
-        recipes (list[Recipe]): the contestants.
-        args (argparse.Namespace): the parsed command line.
-
-    Returns:
-        list[RunPlan]: one per recipe and seed, in command-line order.
-
-    Raises:
-        UserError: a recipe that cannot be fitted (batch does not divide the budget, no test
-            set, a config error reported by rethink-d2).
-    """
-    from rethink_d2.utils.errors import RethinkError
-
+    """Fit every recipe to the budget; return one :class:`RunPlan` per recipe and seed."""
     plans = []
     for recipe in recipes:
-        try:
-            cfg = _resolve(recipe, recipe.overrides, args)
-        except RethinkError as e:
-            raise UserError(f"recipe {recipe.name}: {e}") from None
+        cfg = _resolve(recipe, recipe.overrides, args, "")
         batch = cfg.SOLVER.IMS_PER_BATCH
         if not cfg.DATASETS.TEST:
             raise UserError(
                 f"recipe {recipe.name}: DATASETS.TEST is empty, nothing to evaluate: add "
-                f"DATASETS.TEST=(\"NAME\",) to the recipe"
+                f'DATASETS.TEST=("NAME",) to the recipe'
             )
         if args.images % (batch * args.evals):
             unit = batch * args.evals
@@ -364,25 +293,20 @@ def plan_runs(recipes, args):
         if cfg.RETHINK.SCHEDULE.SPEC:
             # The spec's own rule at the budget, written out: a spec owns TEST.EVAL_PERIOD.
             spec = ["RETHINK.SCHEDULE.SPEC", f"{args.images}img"]
-            try:
-                fitted = _resolve(recipe, recipe.overrides + spec, args).SOLVER
-            except RethinkError as e:
-                raise UserError(f"recipe {recipe.name} at --images {args.images}: {e}") from None
+            context = f" at --images {args.images}"
+            fitted = _resolve(recipe, recipe.overrides + spec, args, context).SOLVER
             fit = ["TEST.EVAL_PERIOD", str(eval_period), "RETHINK.SCHEDULE.SPEC", '""']
-            fit += ["SOLVER.BASE_LR", str(fitted.BASE_LR)]
-            fit += ["SOLVER.GAMMA", str(fitted.GAMMA)]
+            fit += ["SOLVER.BASE_LR", str(fitted.BASE_LR), "SOLVER.GAMMA", str(fitted.GAMMA)]
             fit += ["SOLVER.WARMUP_ITERS", str(fitted.WARMUP_ITERS)]
             steps = list(fitted.STEPS)
         else:
             old = cfg.SOLVER.MAX_ITER
             steps = sorted({round(s * max_iter / old) for s in cfg.SOLVER.STEPS if s < old})
             fit = ["TEST.EVAL_PERIOD", str(eval_period)]
-        steps = [s for s in steps if 0 < s < max_iter]
-        fit += ["SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", _fmt_tuple(steps)]
-        try:
-            final = _resolve(recipe, recipe.overrides + fit, args)
-        except RethinkError as e:
-            raise UserError(f"recipe {recipe.name} fitted to --images {args.images}: {e}") from None
+        steps = [str(s) for s in steps if 0 < s < max_iter]
+        steps = "(" + ",".join(steps) + ("," if len(steps) == 1 else "") + ")"
+        fit += ["SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", steps]
+        final = _resolve(recipe, recipe.overrides + fit, args, f" fitted to --images {args.images}")
         if final.SOLVER.MAX_ITER * final.SOLVER.IMS_PER_BATCH != args.images:
             raise UserError(
                 f"recipe {recipe.name}: resolves to {final.SOLVER.MAX_ITER} iterations x "
@@ -402,26 +326,17 @@ def plan_runs(recipes, args):
 
 
 def shell_command(plan):
-    """
-    Args:
-        plan (RunPlan): a run.
-
-    Returns:
-        str: its command after ``python``, quoted for a POSIX shell.
-    """
+    """The run's command after ``python``, quoted for a POSIX shell."""
     return shlex.join([os.path.relpath(TRAIN_NET)] + plan.command[2:])
 
 
 def execute(plan):
     """
-    Train one run (or reuse it when it already finished with the same command).
-
-    Args:
-        plan (RunPlan): what to run.
+    Train one run, or reuse it when it already finished with the same command.
 
     Returns:
-        dict: ``{"returncode", "seconds", "reused", "error"}`` (``error``: last line of stderr of
-        a failed run, else "").
+        dict: ``returncode``, ``seconds``, ``reused`` and ``error`` (the last error line of a
+        failed run's log, else "").
     """
     record_path = os.path.join(plan.run_dir, RUN_RECORD)
     shown = shell_command(plan)
@@ -453,47 +368,16 @@ def execute(plan):
     return dict(record, reused=False)
 
 
-def ap_points(run, task):
-    """
-    Args:
-        run (RunMetrics): a finished run.
-        task (str): "bbox", "segm" or "keypoints".
-
-    Returns:
-        list[tuple[int, float]]: (iteration, AP) of every evaluation; an AP that Detectron2
-        reports as NaN (the model detected nothing) counts as 0, so every point stays in the race.
-    """
-    curve = []
-    for it, record in sorted(run.records.items()):
-        for key, value in record.items():
-            if key == f"{task}/AP" or key.endswith(f"/{task}/AP"):
-                value = float(value)
-                curve.append((it, 0.0 if math.isnan(value) else value))
-                break
-    return curve
-
-
 def collect(plans, outcomes, task, evals, images):
     """
     Read every run's metrics and average the seeds of each recipe.
 
-    Args:
-        plans (list[RunPlan]): the runs.
-        outcomes (list[dict]): from :func:`execute`, one per plan.
-        task (str): "bbox", "segm" or "keypoints".
-        evals (int): evaluation points per run.
-        images (int): the budget.
-
     Returns:
-        tuple[list[dict], list[RunMetrics]]: one dict per recipe (keys ``name``, ``config``,
-        ``overrides``, ``ims_per_batch``, ``max_iter``, ``eval_period``, ``seeds``: list of
-        per-seed dicts, ``mean``: {images: AP} over the finished seeds) and the finished runs'
-        metrics (labelled ``NAME s<seed>``) for the plot.
+        tuple[list[dict], list[RunMetrics]]: one dict per recipe (its plan, ``seeds``: one dict
+        per seed, ``mean``: {images: AP} and ``final_mean``: {task: AP} over the finished seeds)
+        and the finished runs' metrics, labelled ``NAME s<seed>``.
     """
-    from rethink_d2.utils.curves import load_metrics
-    from rethink_d2.utils.run_metrics import IMAGES_SEEN_KEY
-
-    points = [images * (k + 1) // evals for k in range(evals)]
+    points = _points(images, evals)
     recipes, finished = {}, []
     for plan, outcome in zip(plans, outcomes):
         entry = recipes.setdefault(
@@ -518,30 +402,31 @@ def collect(plans, outcomes, task, evals, images):
             "ap": {},
             "final": {},
         }
-        if outcome["returncode"] == 0:
-            try:
-                run = load_metrics(plan.run_dir, label=f"{plan.recipe.name} s{plan.seed}")
-            except Exception as e:  # a finished run without readable metrics is a failed run
-                seed.update(status="failed", error=f"metrics.json unreadable: {e}")
-            else:
-                # A race run feeds exactly IMS_PER_BATCH images per iteration, so images seen
-                # are (iteration + 1) x batch; the logged data_seen/images can lag behind that
-                # after a run was preempted and resumed between two of its summations.
-                for record in run.records.values():
-                    record.pop(IMAGES_SEEN_KEY, None)
-                curve = {round(run.images_seen(it)): ap for it, ap in ap_points(run, task)}
-                seed["ap"] = {p: curve[p] for p in points if p in curve}
-                seed["final"] = {
-                    t: ap_points(run, t)[-1][1] for t in _TASK_TITLES if ap_points(run, t)
-                }
-                if len(seed["ap"]) != len(points):
-                    seed.update(
-                        status="failed",
-                        error=f"{task} AP at {sorted(seed['ap'])} images, expected {points}",
-                    )
-                else:
-                    finished.append(run)
         entry["seeds"].append(seed)
+        if outcome["returncode"] != 0:
+            continue
+        try:
+            run = load_metrics(plan.run_dir, label=f"{plan.recipe.name} s{plan.seed}")
+        except Exception as e:  # a finished run without readable metrics is a failed run
+            seed.update(status="failed", error=f"metrics.json unreadable: {e}")
+            continue
+        # A race run feeds exactly IMS_PER_BATCH images per iteration, so images seen are
+        # (iteration + 1) x batch; the logged data_seen/images can lag behind that after a run
+        # was preempted and resumed between two of its summations.
+        for record in run.records.values():
+            record.pop(IMAGES_SEEN_KEY, None)
+        # A NaN AP (the model detected nothing) counts as 0, so every point stays in the race.
+        curves = {t: run.ap_curve(t, nan=0.0) for t in TASK_TITLES}
+        curve = {round(run.images_seen(it)): ap for it, ap in curves[task]}
+        seed["ap"] = {p: curve[p] for p in points if p in curve}
+        seed["final"] = {t: c[-1][1] for t, c in curves.items() if c}
+        if len(seed["ap"]) != len(points):
+            seed.update(
+                status="failed",
+                error=f"{task} AP at {sorted(seed['ap'])} images, expected {points}",
+            )
+        else:
+            finished.append(run)
     for entry in recipes.values():
         ok = [s for s in entry["seeds"] if s["status"] == "ok"]
         entry["mean"] = {p: sum(s["ap"][p] for s in ok) / len(ok) for p in points} if ok else {}
@@ -554,13 +439,7 @@ def collect(plans, outcomes, task, evals, images):
 
 
 def add_reach(entries, target):
-    """
-    Add ``reach`` (images, at_first_point) to each recipe's mean and each seed.
-
-    Args:
-        entries (list[dict]): from :func:`collect`.
-        target (float): AP to reach.
-    """
+    """Add ``reach`` (:func:`images_to_reach` of ``target``) to each recipe's mean and seed."""
     for entry in entries:
         entry["reach"] = images_to_reach(sorted(entry["mean"].items()), target)
         for seed in entry["seeds"]:
@@ -572,23 +451,14 @@ def _ap(value):
 
 
 def markdown_table(entries, args, target):
-    """
-    Args:
-        entries (list[dict]): from :func:`collect` and :func:`add_reach`.
-        args (argparse.Namespace): the race's command line.
-        target (float): the AP of the "images to reach" column.
-
-    Returns:
-        str: the race as a markdown table (mean of the seeds, then each seed) and the overrides
-        each recipe was run with.
-    """
-    points = [args.images * (k + 1) // args.evals for k in range(args.evals)]
-    title = _TASK_TITLES[args.task]
+    """The race as a markdown table (mean of the seeds, then each seed) and its recipes."""
+    points = _points(args.images, args.evals)
+    title = TASK_TITLES[args.task]
     other = "segm" if args.task != "segm" else "bbox"
     header = (
         ["recipe", "seed", "batch x iters"]
         + [f"{title} @ {p} img" for p in points]
-        + [f"final {_TASK_TITLES[other]}", f"images to reach {target:.1f}", "minutes"]
+        + [f"final {TASK_TITLES[other]}", f"images to reach {target:.1f}", "minutes"]
     )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for entry in entries:
@@ -622,15 +492,8 @@ def markdown_table(entries, args, target):
 
 
 def write_csv(entries, args, path):
-    """
-    One row per recipe mean and per seed.
-
-    Args:
-        entries (list[dict]): from :func:`collect` and :func:`add_reach`.
-        args (argparse.Namespace): the race's command line.
-        path (str): CSV file to write.
-    """
-    points = [args.images * (k + 1) // args.evals for k in range(args.evals)]
+    """One row per recipe mean and per seed."""
+    points = _points(args.images, args.evals)
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(
@@ -642,8 +505,15 @@ def write_csv(entries, args, path):
             rows = [("mean", entry["mean"], entry["reach"], "ok" if entry["mean"] else "failed",
                      sum(s["seconds"] for s in entry["seeds"]), "", "")]  # fmt: skip
             rows += [
-                (s["seed"], s["ap"], s["reach"], s["status"], s["seconds"], s["run_dir"],
-                 s["error"])
+                (
+                    s["seed"],
+                    s["ap"],
+                    s["reach"],
+                    s["status"],
+                    s["seconds"],
+                    s["run_dir"],
+                    s["error"],
+                )
                 for s in entry["seeds"]
             ]
             for seed, ap, reach, status, seconds, run_dir, error in rows:
@@ -655,31 +525,8 @@ def write_csv(entries, args, path):
                 )
 
 
-def plot(finished, entries, args, path):
-    """
-    AP against iterations and images seen, every seed of a recipe in the recipe's colour.
-
-    Args:
-        finished (list[RunMetrics]): runs labelled ``NAME s<seed>``.
-        entries (list[dict]): from :func:`collect` (gives the recipe order).
-        args (argparse.Namespace): the race's command line.
-        path (str): PNG to write.
-    """
-    from rethink_d2.utils.curves import plot_comparison
-
-    color_of = {e["name"]: f"C{i % 10}" for i, e in enumerate(entries)}
-    colors = [color_of[run.label.rsplit(" s", 1)[0]] for run in finished]
-    plot_comparison(finished, path, tasks=[args.task], colors=colors)
-
-
 def main(argv=None):
-    """
-    Args:
-        argv (list[str] or None): command line without the program name.
-
-    Returns:
-        int: 0 when every run finished, 1 when some run failed, 2 on a bad input.
-    """
+    """Return 0 when every run finished, 1 when some run failed, 2 on a bad input."""
     args = build_parser().parse_args(argv)
     try:
         check_args(args)
@@ -687,12 +534,8 @@ def main(argv=None):
         names = [r.name for r in recipes]
         if len(set(names)) != len(names):
             raise UserError(f"recipe names {names} are not unique: name each --recipe differently")
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
         plans = plan_runs(recipes, args)
     except UserError as e:
-        from rethink_d2.utils.errors import report_user_error
-
         return report_user_error(e)
     for plan in plans:
         print(f"[{plan.recipe.name} seed {plan.seed}] python {shell_command(plan)}", flush=True)
@@ -726,7 +569,10 @@ def main(argv=None):
         )  # fmt: skip
     written = ["race.md", "race.csv", "race.json"]
     if finished:
-        plot(finished, entries, args, os.path.join(args.output, "race.png"))
+        # every seed of a recipe in the recipe's colour
+        color_of = {e["name"]: f"C{i % 10}" for i, e in enumerate(entries)}
+        colors = [color_of[run.label.rsplit(" s", 1)[0]] for run in finished]
+        plot_comparison(finished, os.path.join(args.output, "race.png"), [args.task], colors)
         written.append("race.png")
     print(table)
     print(f"wrote {', '.join(os.path.join(args.output, w) for w in written)}")

@@ -7,8 +7,12 @@ from . import shapes  # noqa: F401
 from .coco_datasets import read_coco_categories, register_coco_datasets
 
 # subsets: "<dataset>@<size>" names, manifests
-from .subset_spec import parse_subset_name
-from .subsets import get_subset_record, register_subset, register_subset_datasets
+from .subsets import (
+    get_subset_record,
+    parse_subset_name,
+    register_subset,
+    register_subset_datasets,
+)
 
 # samplers: a registry instead of Detectron2's if/elif
 from .samplers import SAMPLER_REGISTRY, SubsetTrainingSampler, build_train_sampler

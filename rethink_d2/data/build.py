@@ -1,6 +1,14 @@
-"""The train loader of rethink-d2: Detectron2's, with registry samplers and a subset manifest."""
+"""The train loader: Detectron2's, with a registry sampler, a subset manifest, and a position.
+
+A run stopped and resumed consumes, on every rank, the same images in the same order as a run
+that never stopped: the sampler streams are deterministic in their seed, so a position in them is
+a number of indices to skip plus, with aspect-ratio grouping, the indices that sat in the
+grouping buckets (:class:`ResumableSampler`, :func:`grouped_stream_position`); the loader counts
+the batches the trainer consumed and checkpoints that count (:class:`TrainLoaderPosition`).
+"""
 
 import contextlib
+import itertools
 import json
 import logging
 import os
@@ -13,64 +21,13 @@ from detectron2.data import (
 )
 from detectron2.data.common import ToIterableDataset
 from detectron2.utils import comm
+from torch.utils.data import Sampler
 
 from .augmentation import build_train_mapper
-from .manifest import MANIFEST_NAME, write_manifest
-from .samplers import SUBSET_SAMPLER, build_resumable_sampler, grouped_stream_position
-from .subsets import get_subset_record, register_subset_datasets
+from .samplers import DETECTRON2_CFG_SAMPLERS, SAMPLER_REGISTRY, build_train_sampler, order_seed
+from .subsets import register_subset_datasets, write_run_manifest
 
 logger = logging.getLogger(__name__)
-
-
-def subset_manifest_entries(cfg, sampler=None):
-    """
-    The manifest entries of a training run: one per ``<dataset>@<size>`` name of
-    ``DATASETS.TRAIN`` (once loaded) and one for a ``SubsetTrainingSampler``.
-
-    Args:
-        cfg (CfgNode): the config.
-        sampler (Sampler or None): the training sampler.
-
-    Returns:
-        dict[str, dict]: name -> entry (empty when the run uses no subset).
-    """
-    entries = {}
-    for name in cfg.DATASETS.TRAIN:
-        record = get_subset_record(name)
-        if record is not None:
-            entries[name] = record
-    record = getattr(sampler, "record", None)
-    if record is not None:
-        entries[SUBSET_SAMPLER] = record
-    return entries
-
-
-def write_run_manifest(cfg, sampler=None):
-    """
-    Write ``OUTPUT_DIR/subset_manifest.json`` (main process only) when the run uses a subset.
-
-    Args:
-        cfg (CfgNode): the config.
-        sampler (Sampler or None): the training sampler.
-
-    Returns:
-        str or None: the manifest path, or None when there is no subset or not the main process.
-
-    Raises:
-        DatasetError: ``OUTPUT_DIR`` already holds a manifest of other images.
-    """
-    entries = subset_manifest_entries(cfg, sampler)
-    if not entries or not comm.is_main_process():
-        return None
-    path = os.path.join(cfg.OUTPUT_DIR, MANIFEST_NAME)
-    written = write_manifest(path, entries)
-    for name, entry in entries.items():
-        logger.info(
-            f"Training on subset {name}: {entry['stats']['images']} images, "
-            f"{entry['stats']['instances']} instances; image ids in {path}"
-            + ("" if written else " (unchanged)")
-        )
-    return path
 
 
 def build_train_loader(cfg, mapper=None):
@@ -116,9 +73,11 @@ def build_train_loader(cfg, mapper=None):
         # With grouping, the workers take turns index by index (Detectron2 shards the stream in
         # chunks of a batch): then the grouping receives the images in stream order, which
         # makes its state after N batches a function of the stream (grouped_stream_position).
-        dataset=ToIterableDataset(DatasetFromList(dataset, copy=False), sampler)
-        if grouping
-        else dataset,
+        dataset=(
+            ToIterableDataset(DatasetFromList(dataset, copy=False), sampler)
+            if grouping
+            else dataset
+        ),
         mapper=mapper,
         sampler=None if grouping else sampler,
         total_batch_size=cfg.SOLVER.IMS_PER_BATCH,
@@ -138,22 +97,13 @@ def build_train_loader(cfg, mapper=None):
 
 class TrainLoaderPosition:
     """
-    The train loader, made resumable: a checkpointable that knows how far the stream went.
-
-    It yields the loader's batches unchanged and counts them where the trainer consumes them
-    (not where loader workers prefetch). A checkpoint stores the number of batches this rank
-    consumed and the order seed; on resume every rank restarts its sampler right after the
-    last image it consumed, so a run stopped and resumed consumes, on every rank, the same
-    sequence of images as a run that was never stopped:
-
-    * without aspect-ratio grouping, batch ``N`` holds stream items ``N*B ... N*B+B-1`` (B:
-      images per batch of this rank), so the sampler skips ``N*B`` indices;
-    * with grouping, the grouping buckets hold images drawn from the stream but not batched
-      yet; they are computed from the stream and the images' width > height
-      (:func:`grouped_stream_position`) and the resumed sampler yields them first, which fills
-      the buckets exactly as they were: again the same batches as an uninterrupted run.
-
-    Augmentations (flips, sizes) are not part of this: loader workers draw them afresh.
+    The train loader, made resumable: it yields the loader's batches unchanged, counts them where
+    the trainer consumes them (not where loader workers prefetch), and checkpoints that count
+    with the order seed. On resume, without aspect-ratio grouping, batch ``N`` holds stream
+    items ``N*B ... N*B+B-1`` (B: images per batch of this rank), so the sampler skips ``N*B``
+    indices; with grouping, the images waiting in the buckets are computed from the stream
+    (:func:`grouped_stream_position`) and yielded first, which refills the buckets exactly.
+    Augmentations are not part of the position: loader workers draw them afresh.
 
     Args:
         loader (iterable): Detectron2's train loader over ``sampler``.
@@ -302,3 +252,98 @@ class TrainLoaderPosition:
             sampler.skip,
             len(sampler.carry),
         )
+
+
+class ResumableSampler(Sampler):
+    """
+    A rank's training stream that can continue where an earlier run of it stopped: it yields
+    ``carry``, then ``stream[skip:]`` of ``factory(seed)``.
+
+    Args:
+        factory (callable): ``factory(seed) -> Sampler``, the stream of an order seed.
+        seed (int): the order seed of this run.
+        sampler (Sampler or None): the stream; default ``factory(seed)``.
+    """
+
+    def __init__(self, factory, seed, sampler=None):
+        self._factory = factory
+        self.seed = seed
+        self.sampler = factory(seed) if sampler is None else sampler
+        self.skip = 0
+        self.carry = []
+
+    @property
+    def record(self):
+        """dict or None: the manifest entry of a subset sampler."""
+        return getattr(self.sampler, "record", None)
+
+    def reseed(self, seed):
+        """Rebuild the stream for the order seed of the run to continue; False if it cannot."""
+        if seed == self.seed:
+            return True
+        if self._factory is None or seed is None:
+            return False
+        self.sampler, self.seed = self._factory(seed), seed
+        return True
+
+    def __getstate__(self):
+        # Loader workers (spawned: pickled) only iterate; the factory may be a closure.
+        return {**self.__dict__, "_factory": None}
+
+    def __iter__(self):
+        # Runs in every loader worker (each shards the stream): skipping is cheap index work.
+        yield from self.carry
+        yield from itertools.islice(iter(self.sampler), self.skip, None)
+
+
+def build_resumable_sampler(cfg, dataset):
+    """
+    :func:`build_train_sampler` as a :class:`ResumableSampler` with a concrete order seed.
+
+    With ``SEED < 0`` the seed is drawn once and shared by all ranks (a collective: every rank
+    must call this), so that a checkpoint can store it.
+
+    Returns:
+        ResumableSampler or None: None for the samplers Detectron2's loader builds from cfg.
+    """
+    name = cfg.DATALOADER.SAMPLER_TRAIN
+    if name in DETECTRON2_CFG_SAMPLERS and name not in SAMPLER_REGISTRY:
+        return None
+    seed = order_seed(cfg)
+    if seed is None:
+        seed = int(comm.shared_random_seed())
+    logger.info(f"Using training sampler {name} (order seed {seed})")
+
+    def sampler_of_seed(seed):
+        seeded = cfg.clone()
+        seeded.defrost()
+        seeded.SEED = seed
+        return build_train_sampler(seeded, dataset)
+
+    return ResumableSampler(sampler_of_seed, seed)
+
+
+def grouped_stream_position(stream, is_wide, batch_size, num_batches):
+    """
+    Where a stream stands after Detectron2's ``AspectRatioGroupedDataset`` made ``num_batches``
+    batches of it (pure; mirrors its two buckets, width > height and the rest). The grouping
+    pulls indices in stream order and emits a bucket as soon as it holds ``batch_size`` items.
+
+    Returns:
+        tuple[int, list[int]]: how many indices were pulled from ``stream``, and the indices
+        still in the buckets, in the order they were pulled.
+    """
+    buckets = ([], [])
+    pulled = made = 0
+    if num_batches <= 0:
+        return 0, []
+    for index in stream:
+        bucket = buckets[0 if is_wide[index] else 1]
+        bucket.append((pulled, index))
+        pulled += 1
+        if len(bucket) == batch_size:
+            del bucket[:]
+            made += 1
+            if made == num_batches:
+                break
+    return pulled, [index for _, index in sorted(buckets[0] + buckets[1])]

@@ -1,58 +1,37 @@
 """Your own COCO-format data, named in the config: ``RETHINK.DATASETS.COCO_INSTANCES``.
 
 Each entry is ``[NAME, JSON, IMAGE_ROOT]`` (``tools/train_net.py --dataset NAME JSON IMAGE_ROOT``
-writes it). :func:`register_coco_datasets`, called by ``rethink_d2.resolve_config``, checks the
-files and registers each entry with Detectron2's ``register_coco_instances``, so a run's dumped
-``config.yaml`` re-registers its data for ``--eval-only``, ``--resume`` and ``tools/predict.py``.
-Subset names (``NAME@0.5``, ``NAME@200``) work on these datasets like on COCO's.
+writes it), so a run's dumped ``config.yaml`` re-registers its data for ``--eval-only``,
+``--resume`` and ``tools/predict.py``. Subset names (``NAME@0.5``) work on these datasets too.
 """
 
 import json
 import os
+from collections import namedtuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
 from ..utils.errors import DatasetError
-from .subset_spec import is_subset_name, parse_subset_name
+from .subsets import is_subset_name, parse_subset_name
 
 __all__ = ["CocoCategories", "read_coco_categories", "register_coco_datasets"]
 
-# Missing images named in an error message.
-_SHOWN_MISSING = 3
+# thing_classes: names sorted by category id (load_coco_json's order); keypoint_names: the first
+# category's keypoints ([] without)
+CocoCategories = namedtuple("CocoCategories", ["thing_classes", "keypoint_names"])
+
 # (json path, mtime, size, image root) -> CocoCategories: each file is read and checked once.
 _CHECKED = {}
 
 
-class CocoCategories:
-    """
-    The categories of a COCO instances json, as Detectron2 orders them.
-
-    Attributes:
-        thing_classes (list[str]): names sorted by category id (``load_coco_json``'s order).
-        keypoint_names (list[str]): the first category's keypoint names ([] without keypoints).
-    """
-
-    def __init__(self, thing_classes, keypoint_names):
-        self.thing_classes = thing_classes
-        self.keypoint_names = keypoint_names
-
-
 def read_coco_categories(name, json_file, image_root):
     """
-    Check a COCO instances dataset on disk and return its categories.
-
-    Args:
-        name (str): the dataset name (for messages).
-        json_file (str): path of the COCO instances json.
-        image_root (str): folder that holds the images the json names.
-
-    Returns:
-        CocoCategories
+    Check a COCO instances dataset on disk and return its :class:`CocoCategories`.
 
     Raises:
         DatasetError: a missing json or image folder, a json that is not COCO instances, or
-            images the json names but the folder lacks (with a count and the first few names).
+            images the json names but the folder lacks.
     """
     where = f"dataset {name!r}"
     if not os.path.isfile(json_file):
@@ -63,12 +42,8 @@ def read_coco_categories(name, json_file, image_root):
         raise DatasetError(f"{where}: image folder {image_root!r} does not exist (check the path)")
     stat = os.stat(json_file)
     key = (os.path.abspath(json_file), stat.st_mtime_ns, stat.st_size, os.path.abspath(image_root))
-    if key not in _CHECKED:
-        _CHECKED[key] = _check_files(where, json_file, image_root)
-    return _CHECKED[key]
-
-
-def _check_files(where, json_file, image_root):
+    if key in _CHECKED:
+        return _CHECKED[key]
     try:
         with open(json_file) as f:
             data = json.load(f)
@@ -93,23 +68,14 @@ def _check_files(where, json_file, image_root):
     if missing:
         raise DatasetError(
             f"{where}: {len(missing)} of the {len(names)} images named in {json_file!r} are "
-            f"not in {image_root!r} (first: {', '.join(missing[:_SHOWN_MISSING])}): fix "
+            f"not in {image_root!r} (first: {', '.join(missing[:3])}): fix "
             f"IMAGE_ROOT or the json's file_name entries"
         )
     categories = sorted(data["categories"], key=lambda c: c["id"])
-    return CocoCategories(
-        thing_classes=[c["name"] for c in categories],
-        keypoint_names=list(categories[0].get("keypoints") or []),
+    _CHECKED[key] = CocoCategories(
+        [c["name"] for c in categories], list(categories[0].get("keypoints") or [])
     )
-
-
-def _keypoint_flip_map(keypoint_names):
-    """Pairs ("left_x", "right_x"), as COCO names them, for horizontal-flip augmentation."""
-    pairs = []
-    for kp in keypoint_names:
-        if kp.startswith("left_") and "right_" + kp[len("left_") :] in keypoint_names:
-            pairs.append((kp, "right_" + kp[len("left_") :]))
-    return pairs
+    return _CHECKED[key]
 
 
 def _register(name, json_file, image_root, categories):
@@ -122,50 +88,46 @@ def _register(name, json_file, image_root, categories):
             f"for {json_file!r}"
         )
     metadata = {"thing_classes": categories.thing_classes}
-    if categories.keypoint_names:
-        metadata["keypoint_names"] = categories.keypoint_names
-        metadata["keypoint_flip_map"] = _keypoint_flip_map(categories.keypoint_names)
+    keypoints = categories.keypoint_names
+    if keypoints:
+        metadata["keypoint_names"] = keypoints
+        # ("left_x", "right_x") pairs, as COCO names them, for horizontal flips
+        metadata["keypoint_flip_map"] = [
+            (kp, "right_" + kp[5:])
+            for kp in keypoints
+            if kp.startswith("left_") and "right_" + kp[5:] in keypoints
+        ]
     register_coco_instances(name, metadata, json_file, image_root)
-
-
-def _entries(cfg):
-    entries = []
-    for entry in cfg.RETHINK.DATASETS.COCO_INSTANCES:
-        if not isinstance(entry, (list, tuple)) or len(entry) != 3:
-            raise DatasetError(
-                f"RETHINK.DATASETS.COCO_INSTANCES entry {entry!r} must be [NAME, JSON, IMAGE_ROOT]"
-            )
-        entries.append(tuple(str(x) for x in entry))
-    return entries
-
-
-def _base_name(name):
-    return parse_subset_name(name).base if is_subset_name(name) else name
 
 
 def register_coco_datasets(cfg):
     """
-    Register every ``RETHINK.DATASETS.COCO_INSTANCES`` entry and fit the heads to its categories.
-
-    ``MODEL.ROI_HEADS.NUM_CLASSES`` (and, with keypoints, ``MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS``)
-    is set from the json of the training datasets among the entries.
+    Register every ``RETHINK.DATASETS.COCO_INSTANCES`` entry (called by
+    ``rethink_d2.resolve_config``) and set ``MODEL.ROI_HEADS.NUM_CLASSES`` (and, with keypoints,
+    ``MODEL.ROI_KEYPOINT_HEAD.NUM_KEYPOINTS``) from the training datasets among them.
 
     Args:
-        cfg (CfgNode): an unfrozen config with the ``RETHINK`` node; modified in place.
-
-    Returns:
-        CfgNode: the same ``cfg``.
+        cfg (CfgNode): an unfrozen config; modified in place and returned.
 
     Raises:
         DatasetError: bad files (see :func:`read_coco_categories`), a name already registered
             with other data, or training datasets whose categories differ.
     """
+    entries = cfg.RETHINK.DATASETS.COCO_INSTANCES
+    for entry in entries:
+        if not isinstance(entry, (list, tuple)) or len(entry) != 3:
+            raise DatasetError(
+                f"RETHINK.DATASETS.COCO_INSTANCES entry {entry!r} must be [NAME, JSON, IMAGE_ROOT]"
+            )
     by_name = {}
-    for name, json_file, image_root in _entries(cfg):
-        categories = read_coco_categories(name, json_file, image_root)
-        _register(name, json_file, image_root, categories)
-        by_name[name] = categories
-    trained = [(n, by_name[_base_name(n)]) for n in cfg.DATASETS.TRAIN if _base_name(n) in by_name]
+    for name, json_file, image_root in ([str(x) for x in entry] for entry in entries):
+        by_name[name] = read_coco_categories(name, json_file, image_root)
+        _register(name, json_file, image_root, by_name[name])
+    trained = []
+    for name in cfg.DATASETS.TRAIN:
+        base = parse_subset_name(name).base if is_subset_name(name) else name
+        if base in by_name:
+            trained.append((name, by_name[base]))
     if not trained:
         return cfg
     first_name, first = trained[0]

@@ -1,10 +1,9 @@
-"""COCO-json subsets: select at the json level and cache the subset as a small COCO json.
+"""The fast path of COCO-json subsets: select at the json level, cache a small COCO json.
 
-Loading ``coco_2017_train`` means parsing a 450 MB json and building ~860k annotation dicts.
-A subset of a COCO-json dataset is therefore written once as its own COCO json (all categories,
-the selected images and their annotations) under a cache directory; every later run reads only
-that small file with Detectron2's ``load_coco_json``. A cache entry is rebuilt when the source
-json changes (path, size or modification time) and is written atomically under a file lock, so
+Loading ``coco_2017_train`` parses a 450 MB json into ~860k annotation dicts. A subset is
+therefore written once as its own COCO json (all categories, the selected images and their
+annotations) and later runs read only that file with ``load_coco_json``. An entry is rebuilt when
+the source json changes (path, size, mtime); it is written atomically under a file lock, so
 concurrent ranks never see half a file.
 """
 
@@ -17,8 +16,6 @@ import os
 
 from ..utils.errors import DatasetError
 from ..utils.files import atomic_write, cache_root, file_lock
-from .manifest import subset_stats
-from .subset_spec import coco_annotation_is_usable
 
 logger = logging.getLogger(__name__)
 
@@ -28,12 +25,8 @@ CACHE_ENV = "RETHINK_D2_CACHE"
 
 def default_cache_dir(configured=""):
     """
-    Args:
-        configured (str): ``RETHINK.DATA.SUBSET_CACHE_DIR`` ("" for the default).
-
-    Returns:
-        str: ``configured``, else ``$RETHINK_D2_CACHE/subsets``, else ``<cache root>/subsets``
-        (:func:`rethink_d2.utils.files.cache_root`).
+    The subset cache: ``configured`` (``RETHINK.DATA.SUBSET_CACHE_DIR``), else
+    ``$RETHINK_D2_CACHE/subsets``, else ``<cache root>/subsets`` (``utils.files.cache_root``).
     """
     if configured:
         return os.path.expanduser(configured)
@@ -54,14 +47,7 @@ def _gc_paused():
 
 
 def missing_json_error(json_file, dataset="the dataset"):
-    """
-    Args:
-        json_file (str): an annotation file that does not exist.
-        dataset (str): the dataset it belongs to.
-
-    Returns:
-        DatasetError: the message naming the file and how to fix it.
-    """
+    """The DatasetError for an annotation file that does not exist."""
     return DatasetError(
         f"annotation file '{json_file}' of {dataset} does not exist; put it there "
         "(Detectron2's built-in COCO names look under $DETECTRON2_DATASETS, default "
@@ -70,19 +56,7 @@ def missing_json_error(json_file, dataset="the dataset"):
 
 
 def read_coco_json(json_file, dataset="the dataset"):
-    """
-    Read a COCO-format annotation file.
-
-    Args:
-        json_file (str): path of the file.
-        dataset (str): the dataset it belongs to, for error messages.
-
-    Returns:
-        dict: with "images", "annotations" and "categories".
-
-    Raises:
-        DatasetError: the file is missing, is not JSON, or lacks a COCO key.
-    """
+    """Read a COCO json (``dataset`` names it in the one-line error when it is unusable)."""
     if not os.path.isfile(json_file):
         raise missing_json_error(json_file, dataset)
     try:
@@ -105,31 +79,27 @@ def read_coco_json(json_file, dataset="the dataset"):
 
 def coco_eligible_ids(coco):
     """
-    Images eligible for a subset, at the json level (same rule as
-    ``subset_spec.has_usable_annotation`` applied to what ``load_coco_json`` returns).
-
-    Args:
-        coco (dict): a COCO json.
-
-    Returns:
-        list: ids of the images with a usable non-crowd annotation, in json order.
+    Ids of the images eligible for a subset, in json order: the rule of
+    ``subsets.has_usable_annotation`` applied to what ``load_coco_json`` would return (a
+    non-crowd annotation whose polygon list, if any, keeps one valid polygon).
     """
-    usable = {ann["image_id"] for ann in coco["annotations"] if coco_annotation_is_usable(ann)}
-    return [img["id"] for img in coco["images"] if img["id"] in usable]
+
+    def usable(ann):
+        segm = ann.get("segmentation")
+        if ann.get("iscrowd", 0) != 0:
+            return False
+        if segm and isinstance(segm, list):
+            return any(len(poly) % 2 == 0 and len(poly) >= 6 for poly in segm)
+        return True
+
+    with_usable = {ann["image_id"] for ann in coco["annotations"] if usable(ann)}
+    return [img["id"] for img in coco["images"] if img["id"] in with_usable]
 
 
 def coco_subset(coco, image_ids, info=None):
     """
-    A COCO json restricted to some images (all categories are kept, so category ids and
-    Detectron2's contiguous ids stay those of the full dataset).
-
-    Args:
-        coco (dict): the full COCO json.
-        image_ids (iterable): ids of the images to keep.
-        info (dict or None): extra fields for the subset's "info".
-
-    Returns:
-        dict: a COCO json.
+    ``coco`` restricted to ``image_ids``, with extra "info" fields. All categories are kept, so
+    category ids and Detectron2's contiguous ids stay those of the full dataset.
     """
     keep = set(image_ids)
     return {
@@ -141,50 +111,14 @@ def coco_subset(coco, image_ids, info=None):
     }
 
 
-def coco_stats(coco):
-    """
-    Statistics (see ``manifest.subset_stats``) of a COCO json.
-
-    Args:
-        coco (dict): a COCO json.
-
-    Returns:
-        dict
-    """
-    names = {cat["id"]: cat["name"] for cat in coco["categories"]}
-    instances = (
-        (names.get(ann["category_id"], str(ann["category_id"])), ann.get("iscrowd", 0) != 0)
-        for ann in coco["annotations"]
-    )
-    return subset_stats(len(coco["images"]), instances, [names[k] for k in sorted(names)])
-
-
 def write_json_atomic(obj, path, **dump_kwargs):
-    """
-    Write JSON so that readers see either the old file or the complete new one.
-
-    Args:
-        obj: JSON-serializable object.
-        path (str): destination.
-        dump_kwargs: passed to ``json.dumps``.
-    """
+    """Write ``json.dumps(obj, **dump_kwargs)`` with ``utils.files.atomic_write``."""
     text = json.dumps(obj, **dump_kwargs)  # json.dump(obj, f) would use the slow Python encoder
     atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def cache_paths(cache_dir, json_file, tag, label):
-    """
-    Where the cached subset of a json lives.
-
-    Args:
-        cache_dir (str): the cache directory.
-        json_file (str): the source COCO json.
-        tag (str): what selects the images (size + seed, or a hash of manifest ids).
-        label (str): readable prefix of the file name (the subset's dataset name).
-
-    Returns:
-        tuple[str, str]: (subset json, its sidecar with the selected ids and the source's stat).
-    """
+    """(subset json, its sidecar) of the subset ``tag`` of ``json_file``; ``label`` is readable."""
     digest = hashlib.sha256(f"{os.path.abspath(json_file)}\n{tag}".encode()).hexdigest()[:16]
     stem = "".join(c if c.isalnum() or c in "@._-" else "_" for c in label)
     base = os.path.join(cache_dir, f"{stem}-{digest}")
@@ -227,10 +161,6 @@ def ensure_cached_subset(json_file, tag, choose, cache_dir, label, dataset="the 
     Returns:
         dict: the sidecar: ``json`` (path of the subset json), ``image_ids`` (selection order),
         ``eligible_images``, ``base_images``.
-
-    Raises:
-        DatasetError: the source json is missing or corrupt, the cache is not writable, or
-        ``choose`` refuses.
     """
     if not os.path.isfile(json_file):
         raise missing_json_error(json_file, dataset)

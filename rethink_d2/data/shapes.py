@@ -1,16 +1,14 @@
 """The built-in demo dataset: procedurally drawn shapes in COCO instance-segmentation format.
 
-Importing this module only *registers* ``rethink_shapes_train`` and ``rethink_shapes_val``; the
-images and the COCO json are drawn the first time a split is needed (``DatasetCatalog.get`` or
-:func:`ensure_shapes_dataset`) into a cache directory and reused afterwards:
-
-    ``$RETHINK_D2_DATA/shapes/v<SHAPES_VERSION>/<split>/``
-    (``RETHINK_D2_DATA`` defaults to ``$XDG_CACHE_HOME/rethink_d2``, i.e. ``~/.cache/rethink_d2``)
+Importing this module only *registers* ``rethink_shapes_train`` and ``rethink_shapes_val``; a
+split is drawn the first time it is needed, into ``$RETHINK_D2_DATA/shapes/v<SHAPES_VERSION>/``
+(``RETHINK_D2_DATA`` defaults to ``$XDG_CACHE_HOME/rethink_d2``), and reused afterwards.
 
 Every split is a pure function of its seed: the same bytes on every machine with the same
 numpy / Pillow / zlib. Later shapes occlude earlier ones and each annotation stores the
 *visible* mask as COCO RLE (``INPUT.MASK_FORMAT "bitmask"``).
 """
+
 import hashlib
 import json
 import logging
@@ -27,19 +25,6 @@ from pycocotools import mask as mask_util
 
 from ..utils.errors import DatasetError
 from ..utils.files import cache_root, file_lock
-
-__all__ = [
-    "SHAPES_VERSION",
-    "SHAPE_CLASSES",
-    "SHAPES_SPLITS",
-    "SHAPES_DATASETS",
-    "DATA_ENV_VAR",
-    "shapes_cache_dir",
-    "draw_shapes_image",
-    "generate_shapes_split",
-    "ensure_shapes_dataset",
-    "register_shapes_datasets",
-]
 
 logger = logging.getLogger(__name__)
 
@@ -65,14 +50,8 @@ _IMAGES = "images"
 
 def shapes_cache_dir(root=None):
     """
-    Directory that holds (or will hold) every split of the current shapes version.
-
-    Args:
-        root (str or None): data root; ``None`` reads ``$RETHINK_D2_DATA``, else
-            ``$XDG_CACHE_HOME/rethink_d2`` (``~/.cache/rethink_d2``).
-
-    Returns:
-        str: ``<root>/shapes/v<SHAPES_VERSION>`` as an absolute path.
+    ``<root>/shapes/v<SHAPES_VERSION>`` (absolute), the directory of every split; ``root``
+    defaults to ``$RETHINK_D2_DATA``, else ``$XDG_CACHE_HOME/rethink_d2``.
     """
     return os.path.join(_data_root(root), "shapes", f"v{SHAPES_VERSION}")
 
@@ -83,13 +62,13 @@ def _data_root(root):
     return os.path.abspath(os.path.expanduser(root))
 
 
-# ---------------------------------------------------------------------------------------------
-# drawing
-# ---------------------------------------------------------------------------------------------
-def _shape_outline(cls_name, cx, cy, radius, angle):
-    """Vertices of a polygonal shape (``None`` for a circle, which PIL draws as an ellipse)."""
+def _rasterize(cls_name, cx, cy, radius, angle, size):
+    """Boolean ``size x size`` mask of one shape."""
+    canvas = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(canvas)
     if cls_name == "circle":
-        return None
+        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=1)
+        return np.asarray(canvas, dtype=bool)
     if cls_name == "square":
         angles, radii = angle + np.arange(4) * np.pi / 2, np.full(4, radius)
     elif cls_name == "triangle":
@@ -97,18 +76,10 @@ def _shape_outline(cls_name, cx, cy, radius, angle):
     else:  # star: 5 outer points, inner radius 0.45 of the outer one
         angles = angle + np.arange(10) * np.pi / 5
         radii = np.where(np.arange(10) % 2 == 0, radius, 0.45 * radius)
-    return [(float(cx + r * np.cos(a)), float(cy + r * np.sin(a))) for a, r in zip(angles, radii)]
-
-
-def _rasterize(cls_name, cx, cy, radius, angle, size):
-    """Boolean ``size x size`` mask of one shape."""
-    canvas = Image.new("L", (size, size), 0)
-    draw = ImageDraw.Draw(canvas)
-    outline = _shape_outline(cls_name, cx, cy, radius, angle)
-    if outline is None:
-        draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=1)
-    else:
-        draw.polygon(outline, fill=1)
+    draw.polygon(
+        [(float(cx + r * np.cos(a)), float(cy + r * np.sin(a))) for a, r in zip(angles, radii)],
+        fill=1,
+    )
     return np.asarray(canvas, dtype=bool)
 
 
@@ -141,22 +112,14 @@ def _shape_colour(rng, canvas, mask):
 
 def draw_shapes_image(rng, image_size, noise=True):
     """
-    Draw one image of the shapes dataset.
-
-    Shapes are painted in order, so later ones occlude earlier ones; a placement that would leave
-    an earlier shape less than half visible is redrawn.
-
-    Args:
-        rng (numpy.random.Generator): the only source of randomness.
-        image_size (int): side of the square image, in pixels.
-        noise (bool): add Gaussian pixel noise. The scene (and the random stream it consumes)
-            is the same either way; ``False`` gives flat-coloured shapes, for tests.
+    Draw one ``image_size``-pixel square image with ``rng`` (a ``numpy.random.Generator``, the
+    only source of randomness): shapes painted in order, a placement that would leave an earlier
+    shape less than half visible is redrawn. ``noise=False`` draws the same scene without noise.
 
     Returns:
-        tuple[numpy.ndarray, list[dict]]: the ``image_size x image_size x 3`` uint8 RGB image and
-        one dict per shape, bottom to top, with ``category_id`` (0-based index into
-        :data:`SHAPE_CLASSES`), ``mask`` (bool, visible pixels), ``full_mask`` (bool, the
-        whole shape) and ``colour`` (float32 RGB before noise).
+        tuple[numpy.ndarray, list[dict]]: the uint8 RGB image and one dict per shape, bottom to
+        top: ``category_id`` (0-based index into :data:`SHAPE_CLASSES`), ``mask`` (visible
+        pixels), ``full_mask`` (the whole shape) and ``colour`` (float32 RGB before noise).
     """
     canvas = _background(rng, image_size)
     r_lo, r_hi = (np.log(f * image_size) for f in _RADIUS_RANGE)
@@ -187,9 +150,6 @@ def draw_shapes_image(rng, image_size, noise=True):
     return np.clip(np.rint(canvas), 0, 255).astype(np.uint8), instances
 
 
-# ---------------------------------------------------------------------------------------------
-# files
-# ---------------------------------------------------------------------------------------------
 def _coco_annotation(inst, ann_id, image_id):
     rle = mask_util.encode(np.asfortranarray(inst["mask"].astype(np.uint8)))
     bbox = [float(v) for v in mask_util.toBbox(rle)]
@@ -207,21 +167,11 @@ def _coco_annotation(inst, ann_id, image_id):
 
 def generate_shapes_split(out_dir, num_images, seed, image_size):
     """
-    Write ``num_images`` images and their COCO json into ``out_dir`` (not atomic; see
-    :func:`ensure_shapes_dataset` for the cached, race-free entry point).
+    Write ``images/*.png``, ``annotations.json`` and, last, ``stamp.json`` into ``out_dir``
+    (not atomic: :func:`ensure_shapes_dataset` is the cached, race-free entry point).
 
     Image ``i`` is drawn from ``numpy.random.default_rng([seed, i])``, so a smaller
-    ``num_images`` gives a prefix of the same split.
-
-    Args:
-        out_dir (str): directory to fill (created if missing): ``images/*.png``,
-            ``annotations.json`` and ``stamp.json`` (written last).
-        num_images (int): number of images, >= 1.
-        seed (int): seed of the split.
-        image_size (int): side of the square images, in pixels (>= 32).
-
-    Returns:
-        dict: the stamp (version, seed, counts, image size, json sha256, image bytes).
+    ``num_images`` gives a prefix of the same split. Returns the stamp.
     """
     if int(num_images) < 1 or int(image_size) < 32:
         raise DatasetError(
@@ -266,12 +216,8 @@ def generate_shapes_split(out_dir, num_images, seed, image_size):
 
 
 def _expected_stamp(seed, num_images, image_size):
-    return {
-        "version": SHAPES_VERSION,
-        "seed": int(seed),
-        "num_images": int(num_images),
-        "image_size": int(image_size),
-    }
+    seed, num_images, image_size = int(seed), int(num_images), int(image_size)
+    return dict(version=SHAPES_VERSION, seed=seed, num_images=num_images, image_size=image_size)
 
 
 def _cache_problem(split_dir, seed, num_images, image_size):
@@ -301,6 +247,7 @@ def _cache_problem(split_dir, seed, num_images, image_size):
 
 
 def _split_params(split, num_images):
+    """(seed, number of images, image size) of a split; ``num_images`` None: the default."""
     if split not in SHAPES_SPLITS:
         raise DatasetError(
             f"unknown shapes split {split!r}; use one of {sorted(SHAPES_SPLITS)} "
@@ -322,22 +269,12 @@ def _split_paths(split_dir):
 
 def ensure_shapes_dataset(split, root=None, num_images=None):
     """
-    Make sure a split exists in the cache, drawing it if it is missing or corrupt.
+    Make sure ``split`` ("train" or "val") is in the cache under ``root`` (see
+    :func:`shapes_cache_dir`), drawing it if it is missing or corrupt; return its ``json_file``
+    and ``image_root``. ``num_images`` other than the split's default is cached on its own.
 
     Generation writes into a temporary directory that is renamed into place, under a file lock,
     so concurrent callers (several training processes) never see a partial split.
-
-    Args:
-        split (str): ``"train"`` or ``"val"``.
-        root (str or None): data root, see :func:`shapes_cache_dir`.
-        num_images (int or None): number of images; ``None`` uses the split's default
-            (:data:`SHAPES_SPLITS`). A different count is cached in its own directory.
-
-    Returns:
-        dict: ``json_file`` and ``image_root`` of the split.
-
-    Raises:
-        DatasetError: if the split is unknown or the cache directory is not writable.
     """
     seed, num_images, image_size = _split_params(split, num_images)
     cache_dir = shapes_cache_dir(root)
@@ -377,25 +314,15 @@ def ensure_shapes_dataset(split, root=None, num_images=None):
     return _split_paths(split_dir)
 
 
-# ---------------------------------------------------------------------------------------------
-# registration
-# ---------------------------------------------------------------------------------------------
 def register_shapes_datasets(root=None, datasets=None):
     """
-    Register the shapes splits with Detectron2's ``DatasetCatalog`` / ``MetadataCatalog``.
+    Register ``datasets`` (name -> split, default :data:`SHAPES_DATASETS`) with Detectron2's
+    catalogs and return the names registered; names already registered are left alone.
 
-    Cheap: nothing is drawn until the dataset is loaded. Names that are already registered are
-    left alone, so re-importing the package is harmless.
-
-    Args:
-        root (str or None): data root, see :func:`shapes_cache_dir`; fixed at registration, so
-            the metadata ``json_file`` (read by ``COCOEvaluator``) is known upfront.
-        datasets (dict or None): dataset name -> split; defaults to :data:`SHAPES_DATASETS`.
-
-    Returns:
-        list[str]: the names registered by this call.
+    Nothing is drawn until a dataset is loaded, but the data ``root`` is fixed now, so that the
+    metadata ``json_file`` (read by ``COCOEvaluator``) is known upfront.
     """
-    data_root = _data_root(root)  # resolved now: the env var is read once
+    data_root = _data_root(root)
     registered = []
     for name, split in (datasets or SHAPES_DATASETS).items():
         if name in DatasetCatalog.list():

@@ -1,19 +1,5 @@
-"""Switch a Mask R-CNN checkpoint to Cascade R-CNN heads (the paper's enhanced scratch runs).
-
-The paper trains its enhanced scratch models as Mask R-CNN and switches to Cascade R-CNN for the
-final 270k iterations. The switch is this checkpoint conversion between two runs:
-
-1. phase 1 trains Mask R-CNN (``configs/enhanced/*_cascade_phase1.yaml``);
-2. :func:`convert_checkpoint` (``tools/convert_to_cascade.py``) maps its ``model_final.pth``
-   onto Detectron2's ``CascadeROIHeads``;
-3. phase 2 (``configs/enhanced/*_cascade.yaml``) starts from the converted file
-   (``MODEL.WEIGHTS``) and runs the last 270k iterations with the 9x schedule's LR drops.
-
-Every stage starts from the trained Mask R-CNN box head and classifier. Cascade heads regress
-class-agnostic boxes with their own ``BBOX_REG_WEIGHTS``: the agnostic regressor is the mean of
-the class-specific ones, rescaled so that every stage initially predicts the same boxes as the
-Mask R-CNN head. Backbone, RPN and mask head are copied unchanged.
-"""
+"""Switch a Mask R-CNN checkpoint to Cascade R-CNN heads, between the two phases of the paper's
+enhanced scratch runs (``tools/convert_to_cascade.py``, see docs/configs.md)."""
 
 import collections
 import os
@@ -35,22 +21,15 @@ def mask_rcnn_to_cascade(
     model_state, source_reg_weights=MASK_RCNN_REG_WEIGHTS, stage_reg_weights=CASCADE_REG_WEIGHTS
 ):
     """
-    Map a Mask R-CNN (``StandardROIHeads``) state dict onto ``CascadeROIHeads``.
+    Map a Mask R-CNN (``StandardROIHeads``) state dict onto ``CascadeROIHeads``: every stage gets
+    the box head and classifier, and the class-agnostic mean of the box regressor rescaled to
+    its ``BBOX_REG_WEIGHTS``, so that it initially predicts the Mask R-CNN boxes.
 
     Args:
         model_state (dict[str, Tensor]): the ``"model"`` entry of a Detectron2 checkpoint.
-        source_reg_weights (tuple[float]): ``MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS`` of the
-            Mask R-CNN run.
+        source_reg_weights (tuple[float]): ``MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS`` of phase 1.
         stage_reg_weights (tuple[tuple[float]]): ``MODEL.ROI_BOX_CASCADE_HEAD.BBOX_REG_WEIGHTS``
-            of the cascade run; its length is the number of stages.
-
-    Returns:
-        OrderedDict[str, Tensor]: the cascade state dict (``roi_heads.box_head.<stage>.*`` and
-        ``roi_heads.box_predictor.<stage>.*``; every other entry unchanged).
-
-    Raises:
-        ConfigError: if ``model_state`` is not a Mask R-CNN with a single box head, or the
-            regression weights are malformed.
+            of phase 2, one per stage.
     """
     if _CLS_SCORE not in model_state:
         stage_key = _BOX_PREDICTOR + "0.cls_score.weight"
@@ -64,7 +43,16 @@ def mask_rcnn_to_cascade(
             f"BBOX_REG_WEIGHTS must be 4 numbers (source) and one 4-tuple per cascade stage; "
             f"got {source_reg_weights} and {stage_reg_weights}"
         )
-    agnostic_w, agnostic_b = _class_agnostic_regressor(model_state)
+    weight = model_state[_BOX_PREDICTOR + "bbox_pred.weight"]
+    if weight.shape[0] % 4:
+        raise ConfigError(
+            f"box regressor of shape {tuple(weight.shape)} is not 4 outputs per class; "
+            f"is this a Detectron2 Mask R-CNN checkpoint?"
+        )
+    # class-agnostic regressor: the mean over classes (a 4-row one is kept)
+    num_classes = weight.shape[0] // 4
+    agnostic_w = weight.reshape(num_classes, 4, -1).mean(dim=0)
+    agnostic_b = model_state[_BOX_PREDICTOR + "bbox_pred.bias"].reshape(num_classes, 4).mean(dim=0)
     source = torch.tensor(source_reg_weights, dtype=agnostic_w.dtype)
     out = collections.OrderedDict()
     for key, value in model_state.items():
@@ -92,22 +80,11 @@ def convert_checkpoint(
     stage_reg_weights=CASCADE_REG_WEIGHTS,
 ):
     """
-    Read a Mask R-CNN checkpoint, write its cascade conversion as a weights-only checkpoint.
-
-    The output holds only ``"model"``: the phase-2 run loads it through ``MODEL.WEIGHTS`` and
-    starts a fresh optimizer and schedule (its config carries the remaining iterations).
-
-    Args:
-        src_path (str): a Detectron2 ``.pth`` checkpoint of a Mask R-CNN run.
-        dst_path (str): where to write the converted checkpoint.
-        source_reg_weights, stage_reg_weights: see :func:`mask_rcnn_to_cascade`.
+    Write the cascade conversion of the Mask R-CNN checkpoint ``src_path`` to ``dst_path``,
+    weights only (phase 2 starts a fresh optimizer and schedule).
 
     Returns:
-        dict: ``{"iteration": iteration of the source or None, "stages": number of stages,
-        "tensors": number of tensors written}``.
-
-    Raises:
-        ConfigError: if ``src_path`` is missing or not a Mask R-CNN checkpoint.
+        dict: ``{"iteration": of the source or None, "stages": int, "tensors": int}``.
     """
     if not os.path.isfile(src_path):
         raise ConfigError(f"checkpoint {src_path!r} does not exist (check the path)")
@@ -125,18 +102,3 @@ def convert_checkpoint(
         "stages": len(stage_reg_weights),
         "tensors": len(state),
     }
-
-
-def _class_agnostic_regressor(model_state):
-    """Mean over classes of the (4K, D) class-specific box regressor (a 4-row one is kept)."""
-    weight = model_state[_BOX_PREDICTOR + "bbox_pred.weight"]
-    bias = model_state[_BOX_PREDICTOR + "bbox_pred.bias"]
-    if weight.shape[0] % 4:
-        raise ConfigError(
-            f"box regressor of shape {tuple(weight.shape)} is not 4 outputs per class; "
-            f"is this a Detectron2 Mask R-CNN checkpoint?"
-        )
-    num_classes = weight.shape[0] // 4
-    weight = weight.reshape(num_classes, 4, -1).mean(dim=0)
-    bias = bias.reshape(num_classes, 4).mean(dim=0)
-    return weight, bias

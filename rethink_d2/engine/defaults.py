@@ -1,4 +1,5 @@
-"""Command-line set-up shared by ``tools/train_net.py`` and the tests: parser, config, errors."""
+"""Command-line set-up of ``tools/train_net.py``: parser, config, launch, one-line errors."""
+
 import argparse
 import contextlib
 import logging
@@ -21,7 +22,7 @@ from ..utils.errors import ConfigError, RethinkError, report_user_error
 from .distributed import DIST_TIMEOUT_ENV_VAR, check_dist_port_free, explain_worker_failure
 from .distributed import check_launch, check_output_dir, choose_device
 from .preemption import PREEMPTED_EXIT_CODE, forward_signals_to_children
-from .run_dir import check_same_run, default_output_dir, has_checkpoint, is_default_output_dir
+from .run_dir import check_same_run, default_output_dir, has_checkpoint
 
 logger = logging.getLogger(__name__)
 
@@ -30,16 +31,8 @@ EXIT_DIST_FAILURE = 1
 
 
 def rethink_argument_parser(epilog=None):
-    """
-    Detectron2's ``default_argument_parser`` plus ``--config`` (alias of ``--config-file``),
-    ``--dataset``, ``--print-config`` and ``--dist-timeout``.
-
-    Args:
-        epilog (str or None): text shown at the end of ``--help``.
-
-    Returns:
-        argparse.ArgumentParser
-    """
+    """Detectron2's ``default_argument_parser`` plus ``--config`` (alias of ``--config-file``),
+    ``--dataset``, ``--print-config`` and ``--dist-timeout``."""
     parser = default_argument_parser(epilog=epilog)
     parser.add_argument(
         "--config",
@@ -68,12 +61,7 @@ def rethink_argument_parser(epilog=None):
 
 
 def add_dataset_argument(parser):
-    """
-    Add the repeatable ``--dataset NAME JSON IMAGE_ROOT`` option (``args.datasets``).
-
-    Args:
-        parser (argparse.ArgumentParser): the parser to extend.
-    """
+    """Add the repeatable ``--dataset NAME JSON IMAGE_ROOT`` option (``args.datasets``)."""
     parser.add_argument(
         "--dataset",
         dest="datasets",
@@ -91,32 +79,13 @@ def build_config(
     config_file, opts=(), world_size=None, for_training=True, datasets=(), on_this_machine=True
 ):
     """
-    Build the frozen, resolved config of a run.
-
-    Steps: ``get_cfg()`` -> ``add_rethink_config`` -> ``merge_from_file`` -> ``merge_from_list``
-    -> ``--dataset`` entries -> ``OUTPUT_DIR`` from the config path when none is given -> CPU
-    fallback when no GPU is visible, unless the run asked for GPUs
-    (:func:`rethink_d2.engine.distributed.choose_device`) -> :func:`rethink_d2.resolve_config`
-    -> scratch guard (for training) -> freeze.
+    Build the frozen, resolved config of a run (ConfigError: one line naming what to change).
 
     Args:
-        config_file (str): path to a YAML config.
-        opts (list[str]): trailing ``KEY VALUE`` overrides.
-        world_size (int or None): number of training processes.
-        for_training (bool): apply the scratch guard (not for evaluation or prediction, where
-            loading ``MODEL.WEIGHTS`` is the point).
-        datasets (list[list[str]]): ``[NAME, JSON, IMAGE_ROOT]`` of own COCO-format datasets
-            (``--dataset``), added to ``RETHINK.DATASETS.COCO_INSTANCES`` (same NAME: replaced).
-        on_this_machine (bool): the run starts here: fall back to the CPU or refuse a GPU
-            request that this machine cannot serve. False (``--print-config``) keeps
-            ``MODEL.DEVICE`` as configured, to show the config a GPU machine would run.
-
-    Returns:
-        CfgNode: frozen config.
-
-    Raises:
-        ConfigError: missing file, unknown key, bad value, a run that asked for GPUs sees none;
-            one line naming what to change.
+        for_training (bool): apply the scratch guard (not for evaluation or prediction).
+        datasets (list[list[str]]): ``[NAME, JSON, IMAGE_ROOT]`` of ``--dataset``.
+        on_this_machine (bool): fall back to the CPU or refuse a GPU request this machine cannot
+            serve; False (``--print-config``) keeps ``MODEL.DEVICE`` as configured.
     """
     if not config_file:
         raise ConfigError(
@@ -130,8 +99,11 @@ def build_config(
     _merge(cfg, config_file, opts)
     cli_keys = set(opts[0::2])
     _check_schedule_overrides(cfg, cli_keys)
-    _add_datasets(cfg, datasets)
-    if is_default_output_dir(cfg.OUTPUT_DIR):
+    if datasets:  # same NAME as a config entry: replaced
+        given = {name: [name, json_file, root] for name, json_file, root in datasets}
+        kept = [e for e in cfg.RETHINK.DATASETS.COCO_INSTANCES if e[0] not in given]
+        cfg.RETHINK.DATASETS.COCO_INSTANCES = kept + list(given.values())
+    if os.path.normpath(cfg.OUTPUT_DIR) == "output":  # Detectron2's default: none given
         cfg.OUTPUT_DIR = default_output_dir(config_file, get_config_dir())
     if on_this_machine:
         # CPU fallback only for a plain single-process run; one that asked for GPUs stops.
@@ -142,9 +114,9 @@ def build_config(
         cfg.SOLVER.AMP.ENABLED = False
     cli_classes = cfg.MODEL.ROI_HEADS.NUM_CLASSES
     cfg = resolve_config(cfg)
-    if _NUM_CLASSES_KEY in cli_keys and cfg.MODEL.ROI_HEADS.NUM_CLASSES != cli_classes:
+    if "MODEL.ROI_HEADS.NUM_CLASSES" in cli_keys and cfg.MODEL.ROI_HEADS.NUM_CLASSES != cli_classes:
         raise ConfigError(
-            f"{_NUM_CLASSES_KEY} {cli_classes} on the command line disagrees with the "
+            f"MODEL.ROI_HEADS.NUM_CLASSES {cli_classes} on the command line disagrees with the "
             f"{cfg.MODEL.ROI_HEADS.NUM_CLASSES} categories of the training data's json: drop it "
             f"(it is read from the json)"
         )
@@ -154,7 +126,6 @@ def build_config(
     return cfg
 
 
-_NUM_CLASSES_KEY = "MODEL.ROI_HEADS.NUM_CLASSES"
 # SOLVER / TEST key owned by a schedule spec -> the RETHINK key to set instead
 _SPEC_OWNED_KEYS = {
     "SOLVER.MAX_ITER": "RETHINK.SCHEDULE.SPEC (e.g. '220kit')",
@@ -177,17 +148,8 @@ def _check_schedule_overrides(cfg, cli_keys):
         raise ConfigError(
             f"{key} on the command line would be overwritten by RETHINK.SCHEDULE.SPEC={spec!r}, "
             f"which owns it: set {_SPEC_OWNED_KEYS[key]} instead, or add "
-            f"RETHINK.SCHEDULE.SPEC \"\" to write SOLVER yourself"
+            f'RETHINK.SCHEDULE.SPEC "" to write SOLVER yourself'
         )
-
-
-def _add_datasets(cfg, datasets):
-    """Add ``--dataset NAME JSON IMAGE_ROOT`` entries to RETHINK.DATASETS.COCO_INSTANCES."""
-    if not datasets:
-        return
-    given = {name: [name, json_file, root] for name, json_file, root in datasets}
-    kept = [e for e in cfg.RETHINK.DATASETS.COCO_INSTANCES if e[0] not in given]
-    cfg.RETHINK.DATASETS.COCO_INSTANCES = kept + list(given.values())
 
 
 def _merge(cfg, config_file, opts):
@@ -218,17 +180,7 @@ def _merge(cfg, config_file, opts):
 
 
 def run_worker(main, args):
-    """
-    Run ``main(args)`` in one training process; user errors exit with one line, no traceback.
-    The process leaves its process group when ``main`` returns.
-
-    Args:
-        main (callable): the script's ``main(args)``.
-        args (argparse.Namespace): parsed command line.
-
-    Returns:
-        whatever ``main`` returns.
-    """
+    """Run ``main(args)`` in one training process; user errors exit with one line."""
     try:
         result = main(args)
     except RethinkError as e:
@@ -241,18 +193,10 @@ def run_worker(main, args):
 
 def launch_cli(main, args):
     """
-    Validate the config once, then start ``main`` on every process with Detectron2's ``launch``.
-
-    ``--print-config`` prints the resolved config and returns without launching anything.
-    A worker that exits with a code (user error, preemption) makes this process exit with the
-    same code, without a multiprocessing traceback. With several processes, machine rank 0
-    first checks that the rendezvous port is free, SIGTERM/SIGUSR1 are forwarded to the
-    training processes, and a process group that cannot form within ``--dist-timeout`` ends
-    with one line saying so.
-
-    Args:
-        main (callable): the script's ``main(args)``.
-        args (argparse.Namespace): from :func:`rethink_argument_parser`.
+    Validate the config once (or print it for ``--print-config``), then start ``main(args)`` on
+    every process with Detectron2's ``launch``. A worker's exit code (user error, preemption)
+    becomes this process's, without a multiprocessing traceback; a process group that cannot
+    form ends with one line.
     """
     world_size = args.num_gpus * args.num_machines
     try:
@@ -271,13 +215,10 @@ def launch_cli(main, args):
         check_output_dir(cfg.OUTPUT_DIR)
         if not args.eval_only and not args.resume and cfg.RETHINK.AUTO_RESUME:
             check_same_run(cfg, has_checkpoint(cfg.OUTPUT_DIR))
+        if world_size > 1 and args.machine_rank == 0:
+            check_dist_port_free(args.dist_url)
     except RethinkError as e:
         sys.exit(report_user_error(e))
-    if world_size > 1 and args.machine_rank == 0:
-        try:
-            check_dist_port_free(args.dist_url)
-        except RethinkError as e:
-            sys.exit(report_user_error(e))
     # In one process, training runs here and PreemptionHook handles the signals itself.
     forwarding = forward_signals_to_children() if world_size > 1 else contextlib.nullcontext([])
     with forwarding as received_signals:

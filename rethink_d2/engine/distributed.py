@@ -1,5 +1,4 @@
-"""Plumbing for clean multi-process runs: agreement between ranks, checks of the launch (GPUs,
-rendezvous address, output folder) before any process starts, failure messages."""
+"""Multi-process plumbing: agreement between ranks, launch checks, one-line failure messages."""
 
 import logging
 import os
@@ -15,50 +14,18 @@ from detectron2.utils import comm
 from ..launch.env import check_master_addr
 from ..utils.errors import ConfigError
 
-__all__ = [
-    "DIST_TIMEOUT_ENV_VAR",
-    "StepVote",
-    "any_rank",
-    "check_dist_port_free",
-    "check_launch",
-    "check_output_dir",
-    "choose_device",
-    "explain_worker_failure",
-]
-
 logger = logging.getLogger(__name__)
 
 # Default of train_net's --dist-timeout (seconds), e.g. set in a cluster job's environment.
 DIST_TIMEOUT_ENV_VAR = "RETHINK_D2_DIST_TIMEOUT"
 
 
-def any_rank(flag):
-    """
-    Whether ``flag`` is true on any rank; a collective (one 1-element ``all_reduce``).
-
-    Args:
-        flag (bool): this rank's value.
-
-    Returns:
-        bool: the OR over all ranks (``flag`` itself in a single process).
-    """
-    if comm.get_world_size() == 1:
-        return bool(flag)
-    tensor = torch.tensor([int(bool(flag))], dtype=torch.int32, device=_collective_device())
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return bool(tensor.item())
-
-
 class StepVote:
     """
     Per-iteration flags that every rank agrees on in ONE small ``all_reduce`` (max over ranks).
 
-    The non-finite loss check and the preemption check each need every rank to agree, at every
-    iteration. Instead of one collective each, both travel in one tensor: the trainer calls
-    :meth:`vote` once per iteration with its own flags (e.g. a 0-dim tensor computed on the
-    device, so no extra host synchronization), hooks add theirs with :meth:`add_source`, and
-    read the verdict with :meth:`agreed`. The only host synchronization is reading the reduced
-    tensor (a single ``tolist()``).
+    The trainer calls :meth:`vote` with its flags (device tensors: no extra host sync); hooks add
+    theirs with :meth:`add_source` and read the verdict with :meth:`agreed`.
     """
 
     def __init__(self):
@@ -67,43 +34,21 @@ class StepVote:
         self._result = {}
 
     def add_source(self, name, flag_fn):
-        """
-        Add a flag to every following vote.
-
-        Args:
-            name (str): the flag's name, for :meth:`agreed`.
-            flag_fn (callable): returns this rank's value (bool) when the vote is taken.
-        """
+        """Add ``flag_fn()`` (this rank's bool) as flag ``name`` to every following vote."""
         self._sources[name] = flag_fn
 
     def remove_source(self, name):
-        """
-        Args:
-            name (str): a name given to :meth:`add_source` (unknown names are ignored).
-        """
         self._sources.pop(name, None)
 
     def vote(self, iteration, **flags):
-        """
-        Agree on ``flags`` and on the registered sources; a collective on every rank.
-
-        Args:
-            iteration (int): the current iteration (:meth:`agreed` answers for it only).
-            flags (bool or Tensor): this rank's flags; tensors may live on any device.
-
-        Returns:
-            dict[str, bool]: every flag, OR-ed over the ranks.
-        """
+        """OR ``flags`` (bools or tensors) and the sources over the ranks; a collective."""
         values = dict(flags)
         values.update((name, fn()) for name, fn in self._sources.items())
-        device = _collective_device()
+        # NCCL reduces tensors on the current GPU only
+        nccl = comm.get_world_size() > 1 and dist.get_backend() == "nccl"
+        device = "cuda" if nccl else "cpu"
         tensor = torch.stack(
-            [
-                v.detach().to(device=device, dtype=torch.int32).reshape(())
-                if torch.is_tensor(v)
-                else torch.full((), int(bool(v)), dtype=torch.int32, device=device)
-                for v in values.values()
-            ]
+            [torch.as_tensor(v, device=device).detach().to(torch.int32) for v in values.values()]
         )
         if comm.get_world_size() > 1:
             dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
@@ -112,41 +57,13 @@ class StepVote:
         return dict(self._result)
 
     def agreed(self, name, iteration):
-        """
-        Args:
-            name (str): a flag of the vote.
-            iteration (int): the iteration asked about.
-
-        Returns:
-            bool or None: the agreed value, or None when no vote with ``name`` was taken at
-            ``iteration`` (the caller must then agree by itself, e.g. with :func:`any_rank`).
-        """
-        if iteration != self._iteration:
-            return None
-        return self._result.get(name)
-
-
-def _collective_device():
-    """Where the tensors of a collective must live: the current GPU with NCCL, else the CPU."""
-    if comm.get_world_size() > 1 and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
+        """The agreed value of flag ``name`` at ``iteration``, or None if no such vote was taken."""
+        return self._result.get(name) if iteration == self._iteration else None
 
 
 def check_dist_port_free(dist_url):
-    """
-    Fail fast, with one clear message, when the rendezvous port of rank 0 is taken.
-
-    Call it on machine rank 0 only, before starting the processes: torch.distributed's store
-    binds this port on every interface there.
-
-    Args:
-        dist_url (str): ``tcp://HOST:PORT``; other schemes (``file://``, ``env://``) and
-            ``auto`` are not checked.
-
-    Raises:
-        ConfigError: the port is in use on this machine.
-    """
+    """Raise ConfigError when the port of a ``tcp://`` ``dist_url`` is taken on this machine
+    (call it on machine rank 0, where torch.distributed's store binds it, before launching)."""
     if not dist_url or not dist_url.startswith("tcp://"):
         return
     port = urlparse(dist_url).port
@@ -175,18 +92,8 @@ _ADDRESS_IN_USE = re.compile(r"address already in use|EADDRINUSE", re.IGNORECASE
 
 
 def explain_worker_failure(traceback_text, dist_url, timeout_seconds):
-    """
-    Turn a training process's traceback into one line when the cause is the process group.
-
-    Args:
-        traceback_text (str): what ``torch.multiprocessing`` reports for the failed process.
-        dist_url (str): the run's ``--dist-url``.
-        timeout_seconds (float): the run's ``--dist-timeout``.
-
-    Returns:
-        str or None: the message, or None when the failure is not about the process group
-        (the traceback is then the best report).
-    """
+    """One line explaining a training process's traceback when the cause is the process group;
+    None otherwise (the traceback is then the best report)."""
     if not _DISTRIBUTED.search(traceback_text):
         return None
     if _ADDRESS_IN_USE.search(traceback_text):
@@ -218,7 +125,6 @@ _GPU_LIST_VARS = (
     "SLURM_STEP_GPUS",
 )
 _GPU_COUNT_VARS = ("SLURM_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_GPUS_PER_NODE", "SLURM_GPUS_PER_TASK")
-GPU_REQUEST_VARS = _GPU_LIST_VARS + _GPU_COUNT_VARS
 # Values that give no GPU: hidden on purpose (CUDA_VISIBLE_DEVICES="" or -1,
 # NVIDIA_VISIBLE_DEVICES=void/none), and for counts also 0 ("0", "gpu:0", "a100:0").
 _NO_GPU_LIST = re.compile(r"|-1|void|none|NoDevFiles", re.IGNORECASE)
@@ -226,20 +132,8 @@ _NO_GPU_COUNT = re.compile(r"|([\w-]+:)*0", re.IGNORECASE)
 
 
 def gpu_request(device, world_size=1, device_on_command_line=False, environ=None):
-    """
-    Why a run asked for GPUs, if it did (the interactive CPU fallback is for what remains).
-
-    Args:
-        device (str): ``MODEL.DEVICE``.
-        world_size (int or None): number of training processes (None: one).
-        device_on_command_line (bool): ``MODEL.DEVICE`` was given as a command-line override.
-        environ (Mapping[str, str] or None): the environment (``os.environ`` when None).
-
-    Returns:
-        str or None: e.g. ``"CUDA_VISIBLE_DEVICES=0,1"``, ``"2 training processes"`` or
-        ``"MODEL.DEVICE cuda on the command line"``; None for a CPU device or a plain
-        single-process run that nothing asked GPUs for.
-    """
+    """Why a run asked for GPUs (e.g. ``"CUDA_VISIBLE_DEVICES=0,1"``), or None for a CPU device or
+    a plain single-process run that nothing asked GPUs for (it may fall back to the CPU)."""
     if not str(device).startswith("cuda"):
         return None
     environ = os.environ if environ is None else environ
@@ -256,63 +150,34 @@ def gpu_request(device, world_size=1, device_on_command_line=False, environ=None
 
 
 def choose_device(device, world_size=1, device_on_command_line=False, environ=None):
-    """
-    The device a run trains on: ``device``, or "cpu" for a CUDA config that sees no GPU in a
-    plain single-process run (with a warning). A run that asked for GPUs never silently trains
-    on the CPU.
-
-    Args: as :func:`gpu_request`.
-
-    Returns:
-        str: the device to write into ``MODEL.DEVICE``.
-
-    Raises:
-        ConfigError: the run asked for GPUs (scheduler or container variables, several
-            processes, ``MODEL.DEVICE cuda`` on the command line) and none is visible; the
-            message says what PyTorch sees and what to check.
-    """
+    """The device to train on: ``device``, or "cpu" (with a warning) for a CUDA config that sees
+    no GPU in a plain single-process run; ConfigError when the run asked for GPUs (see
+    :func:`gpu_request`) and none is visible."""
     if not str(device).startswith("cuda") or torch.cuda.is_available():
         return device
     reason = gpu_request(device, world_size, device_on_command_line, environ)
     if reason is None:
         logger.warning("No GPU is visible: MODEL.DEVICE %s -> cpu", device)
         return "cpu"
+    cuda = torch.version.cuda
+    build = "is a CPU-only build" if cuda is None else f"built for CUDA {cuda}"
+    nvidia = os.path.exists("/dev/nvidiactl")
+    devices = "/dev/nvidiactl present" if nvidia else "no /dev/nvidia* device files"
     raise ConfigError(
-        f"{reason} asks for GPUs, but PyTorch sees none ({_what_is_visible()}): check "
+        f"{reason} asks for GPUs, but PyTorch sees none (torch {torch.__version__} {build}, "
+        f"torch.cuda.device_count()={torch.cuda.device_count()}, {devices}): check "
         f"nvidia-smi and the driver (CUDA 13 builds of PyTorch need driver >= 580), run Docker "
         f"with --gpus all and Apptainer/Singularity with --nv; to train on the CPU on purpose, "
         f"pass MODEL.DEVICE cpu"
     )
 
 
-def _what_is_visible():
-    """What PyTorch and the system show of GPUs, for the message of a failed GPU request."""
-    if torch.version.cuda is None:
-        build = f"torch {torch.__version__} is a CPU-only build"
-    else:
-        build = f"torch {torch.__version__} built for CUDA {torch.version.cuda}"
-    devices = "no /dev/nvidia* device files" if not os.path.exists("/dev/nvidiactl") else (
-        "/dev/nvidiactl present"
-    )
-    return f"{build}, torch.cuda.device_count()={torch.cuda.device_count()}, {devices}"
-
-
 def check_launch(num_gpus, num_machines, dist_url, environ=None, visible_gpus=None):
     """
-    Check the launch flags before starting any process, so that a bad one ends with one line
-    instead of an assertion or a traceback in every training process.
-
-    Args:
-        num_gpus (int): ``--num-gpus``, training processes on this machine.
-        num_machines (int): ``--num-machines``.
-        dist_url (str): ``--dist-url``.
-        environ (Mapping[str, str] or None): the environment (``os.environ`` when None).
-        visible_gpus (int or None): GPUs PyTorch sees (asked from ``torch.cuda`` when None).
-
-    Raises:
-        ConfigError: more processes than visible GPUs (Detectron2's ``launch`` asserts), a
-            ``--dist-url`` that is not ``tcp://HOST:PORT`` (or ``file://``, ``env://``,
-            ``auto`` on one machine), or ``MASTER_ADDR`` holding ``host:port``.
+    Check the launch flags before starting any process: ConfigError for more processes than
+    visible GPUs (``visible_gpus``, from ``torch.cuda`` when None), a ``--dist-url`` that is not
+    ``tcp://HOST:PORT`` (or ``file://``, ``env://``, ``auto`` on one machine), or ``MASTER_ADDR``
+    holding ``host:port``.
     """
     environ = os.environ if environ is None else environ
     if visible_gpus is None:
@@ -357,11 +222,10 @@ def _check_dist_url(dist_url, num_machines):
         )
     try:
         parsed = urlparse(dist_url)
-        port = parsed.port
+        valid = parsed.hostname and parsed.port is not None and parsed.path in ("", "/")
     except ValueError:
-        port = None
-        parsed = None
-    if parsed is None or not parsed.hostname or port is None or parsed.path not in ("", "/"):
+        valid = False
+    if not valid:
         raise ConfigError(
             f"--dist-url {dist_url!r} is not tcp://HOST:PORT (one host and a numeric port, e.g. "
             f"tcp://10.0.0.1:29500)"
@@ -369,16 +233,8 @@ def _check_dist_url(dist_url, num_machines):
 
 
 def check_output_dir(path):
-    """
-    Create ``OUTPUT_DIR`` and check that files can be written into it, before training starts.
-
-    Args:
-        path (str): ``OUTPUT_DIR``.
-
-    Raises:
-        ConfigError: the folder cannot be created or written (what the system said, and what to
-            change).
-    """
+    """Create ``OUTPUT_DIR`` and check that it is writable; ConfigError (saying what to change)
+    otherwise."""
     try:
         os.makedirs(path, exist_ok=True)
         with tempfile.TemporaryFile(dir=path):

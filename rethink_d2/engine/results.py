@@ -1,4 +1,5 @@
-"""Small helpers around evaluation results of a run."""
+"""Small helpers around the evaluation results of a run (``tools/train_net.py``)."""
+
 import logging
 from collections import OrderedDict
 
@@ -8,16 +9,7 @@ logger = logging.getLogger(__name__)
 
 
 def require_weights_for_eval(cfg, checkpointer):
-    """
-    Make sure ``--eval-only`` has something to evaluate.
-
-    Args:
-        cfg (CfgNode): the run's config.
-        checkpointer (Checkpointer): for the run's ``OUTPUT_DIR``.
-
-    Raises:
-        ConfigError: when neither MODEL.WEIGHTS nor a checkpoint in OUTPUT_DIR exists.
-    """
+    """Raise ConfigError when ``--eval-only`` has neither MODEL.WEIGHTS nor a checkpoint."""
     if not cfg.MODEL.WEIGHTS and not checkpointer.has_checkpoint():
         raise ConfigError(
             f"--eval-only has nothing to evaluate: {cfg.OUTPUT_DIR} holds no last_checkpoint; "
@@ -26,17 +18,8 @@ def require_weights_for_eval(cfg, checkpointer):
 
 
 def results_by_dataset(results, dataset_names):
-    """
-    Detectron2's ``DefaultTrainer.test`` flattens the results of a single dataset to
-    ``{task: metrics}``; put the dataset level back.
-
-    Args:
-        results (dict or None): what ``test`` returned.
-        dataset_names (list[str]): ``cfg.DATASETS.TEST``.
-
-    Returns:
-        OrderedDict: ``{dataset: {task: {metric: value}}}`` (empty when nothing was evaluated).
-    """
+    """``{dataset: {task: metrics}}``: puts back the dataset level that Detectron2's
+    ``DefaultTrainer.test`` drops for a single dataset."""
     if not results:
         return OrderedDict()
     if len(dataset_names) == 1 and dataset_names[0] not in results:
@@ -44,23 +27,9 @@ def results_by_dataset(results, dataset_names):
     return OrderedDict(results)
 
 
-def summarize_results(results):
-    """
-    Args:
-        results (dict): ``{dataset: {task: {metric: value}}}``, see :func:`results_by_dataset`.
-
-    Returns:
-        list[tuple[str, str, float]]: (dataset, task, AP) for every task reporting an "AP".
-    """
-    rows = []
+def log_results_summary(results):
+    """Log one line per (dataset, task) with its AP, e.g. ``rethink_shapes_val bbox AP 71.3``."""
     for dataset, tasks in results.items():
         for task, metrics in tasks.items():
             if isinstance(metrics, dict) and "AP" in metrics:
-                rows.append((dataset, task, float(metrics["AP"])))
-    return rows
-
-
-def log_results_summary(results):
-    """Log one line per (dataset, task) with its AP, e.g. ``rethink_shapes_val bbox AP 71.3``."""
-    for dataset, task, ap in summarize_results(results):
-        logger.info("Final %s %s AP %.1f", dataset, task, ap)
+                logger.info("Final %s %s AP %.1f", dataset, task, float(metrics["AP"]))

@@ -1,21 +1,11 @@
 """The rethink-d2 Trainer: Detectron2's ``DefaultTrainer`` with scratch-training defaults.
 
-What it changes, and why:
-
-* the config goes through :func:`rethink_d2.resolve_config` (norms, schedule, subsets) before
-  Detectron2's own ``auto_scale_workers``;
-* the model is built by :func:`rethink_d2.modeling.build_model` and wrapped in DDP without
-  ``device_ids`` when it lives on the CPU (Detectron2's ``create_ddp_model`` always passes them,
-  which DDP rejects for CPU modules, so gloo runs would fail);
-* the train loader comes from :func:`rethink_d2.data.build_train_loader` (subsets, sampler
-  registry, manifest) and is counted by :class:`DataSeenCounter` (images/instances/pixels seen);
-* checkpoints are atomic and rotated on disk (:class:`rethink_d2.engine.checkpoint.Checkpointer`);
-* SIGTERM / SIGUSR1 checkpoint the current iteration and exit with code 75
-  (:class:`rethink_d2.engine.preemption.PreemptionHook`);
-* a non-finite loss stops every rank at the same iteration with a TrainingError
-  (:mod:`rethink_d2.engine.nonfinite`);
-* at the end of training a learning-curve PNG is drawn into ``OUTPUT_DIR``.
+It resolves the config (:func:`rethink_d2.resolve_config`), builds rethink-d2's model and train
+loader, wraps CPU models in DDP without ``device_ids`` (gloo), writes atomic rotated checkpoints,
+counts the data seen, checkpoints and exits with code 75 on SIGTERM / SIGUSR1, stops every rank
+on a non-finite loss and draws ``learning_curve.png`` when training ends.
 """
+
 import logging
 import os
 import weakref
@@ -37,60 +27,45 @@ from ..resolve import resolve_config
 from ..utils.errors import ConfigError
 from .checkpoint import Checkpointer
 from .data_seen import DataSeenCounter, DataSeenHook
-from .learning_curve import LearningCurveHook
 from .nonfinite import FiniteLossAMPTrainer, FiniteLossTrainer
 from .preemption import PreemptionHook
+from .results import results_by_dataset
 from .run_dir import check_same_run, write_run_fingerprint
 
 logger = logging.getLogger(__name__)
 
 
-def _coco_evaluator(cfg, dataset_name, output_folder):
-    # Tasks come from the config, not from the predictions: a model that predicts nothing yet
-    # (early in a scratch run) still reports segm/keypoint AP, so learning curves stay aligned.
-    tasks = ("bbox",) + ("segm",) * cfg.MODEL.MASK_ON + ("keypoints",) * cfg.MODEL.KEYPOINT_ON
-    return FastCOCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
+def _plot_learning_curve(trainer):
+    """Draw ``OUTPUT_DIR/metrics.json`` into ``learning_curve.png``; a failure is only logged:
+    the trained model matters more than its picture."""
+    from ..utils.curves import plot_single_run
 
-
-# Detectron2 metadata "evaluator_type" -> evaluator factory(cfg, dataset_name, output_folder)
-_EVALUATORS = {
-    "coco": _coco_evaluator,
-    "pascal_voc": lambda cfg, name, out: PascalVOCDetectionEvaluator(name),
-}
+    out_png = os.path.join(trainer.cfg.OUTPUT_DIR, "learning_curve.png")
+    try:
+        plot_single_run(trainer.cfg.OUTPUT_DIR, out_png)
+    except Exception as e:  # noqa: BLE001 -- see docstring
+        logger.warning("Could not draw %s: %s", out_png, e)
+    else:
+        logger.info("Learning curve written to %s", out_png)
 
 
 def wrap_model_for_distributed(model, fp16_compression=False):
     """
-    Wrap ``model`` in DistributedDataParallel when more than one process trains.
-
-    Unlike Detectron2's ``create_ddp_model`` used as-is, CPU modules get ``device_ids=None``
-    (DDP raises for CPU modules given device ids), so gloo training works.
-
-    Args:
-        model (nn.Module): the model, already moved to its device.
-        fp16_compression (bool): all-reduce gradients in fp16 (``RETHINK.DDP_FP16_COMPRESSION``).
+    Wrap ``model`` in DistributedDataParallel when more than one process trains; unlike
+    Detectron2's ``create_ddp_model`` as-is, CPU modules get ``device_ids=None`` (gloo).
 
     Returns:
         nn.Module: ``model`` itself in a single process, else the DDP wrapper.
     """
-    on_cuda = next(model.parameters()).is_cuda
-    device_ids = [comm.get_local_rank()] if on_cuda else None
+    device_ids = [comm.get_local_rank()] if next(model.parameters()).is_cuda else None
     return create_ddp_model(
-        model,
-        broadcast_buffers=False,
-        device_ids=device_ids,
-        fp16_compression=fp16_compression,
+        model, broadcast_buffers=False, device_ids=device_ids, fp16_compression=fp16_compression
     )
 
 
 class Trainer(DefaultTrainer):
-    """
-    ``DefaultTrainer`` for scratch training; see the module docstring for what differs.
-
-    Args:
-        cfg (CfgNode): a config that went through ``add_rethink_config``; it is resolved here
-            if the caller did not call :func:`rethink_d2.resolve_config` already.
-    """
+    """``DefaultTrainer`` for scratch training (see the module docstring); ``cfg`` went through
+    ``add_rethink_config`` and is resolved here if the caller did not resolve it."""
 
     def __init__(self, cfg):
         # DefaultTrainer.__init__ is not called because it wraps the model with
@@ -111,9 +86,7 @@ class Trainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         self.data_seen = DataSeenCounter(data_loader) if cfg.RETHINK.LOG_DATA_SEEN else None
-        model = wrap_model_for_distributed(
-            model, fp16_compression=cfg.RETHINK.DDP_FP16_COMPRESSION
-        )
+        model = wrap_model_for_distributed(model, fp16_compression=cfg.RETHINK.DDP_FP16_COMPRESSION)
         trainer_class = FiniteLossAMPTrainer if cfg.SOLVER.AMP.ENABLED else FiniteLossTrainer
         self._trainer = trainer_class(model, self.data_seen or data_loader, optimizer)
 
@@ -133,15 +106,9 @@ class Trainer(DefaultTrainer):
 
     def resume_or_load(self, resume=True):
         """
-        Resume from ``OUTPUT_DIR/last_checkpoint`` if ``resume`` (or ``RETHINK.AUTO_RESUME``
-        and a checkpoint of this run exists), else load ``MODEL.WEIGHTS`` (if any).
-
-        Args:
-            resume (bool): what the user asked for (``--resume``); True also continues a
-                checkpoint whose run fingerprint differs from this config's.
-
-        Raises:
-            ConfigError: auto-resume found a checkpoint of another config in ``OUTPUT_DIR``.
+        Resume from ``OUTPUT_DIR`` if ``resume`` (``--resume``, even a checkpoint of another
+        config) or if ``RETHINK.AUTO_RESUME`` finds a checkpoint there (ConfigError if it is of
+        another config); else load ``MODEL.WEIGHTS``.
         """
         if not resume and self.cfg.RETHINK.AUTO_RESUME and self.checkpointer.has_checkpoint():
             check_same_run(self.cfg, has_checkpoint=True)
@@ -156,13 +123,8 @@ class Trainer(DefaultTrainer):
         write_run_fingerprint(self.cfg)
 
     def build_hooks(self):
-        """
-        Detectron2's default hooks, with data-seen accounting, the learning-curve plot and
-        preemption handling added (checkpoint rotation is done by :class:`Checkpointer`).
-
-        Returns:
-            list[HookBase]
-        """
+        """Detectron2's default hooks plus data-seen accounting, TTA, the learning curve and
+        preemption."""
         ret = super().build_hooks()
         if self.data_seen is not None:
             # Right after the LR scheduler: at the same position on every rank (its all-gather
@@ -177,9 +139,9 @@ class Trainer(DefaultTrainer):
         if self.cfg.TEST.AUG.ENABLED:
             ret.append(hooks.EvalHook(0, lambda: self.test_with_tta(self.cfg, self.model)))
         if comm.is_main_process() and self.cfg.RETHINK.PLOT_LEARNING_CURVE:
-            ret.append(LearningCurveHook(self.cfg.OUTPUT_DIR))
+            # after PeriodicWriter: the last metrics are flushed
+            ret.append(hooks.CallbackHook(after_train=_plot_learning_curve))
         # Last: its checkpoint holds the state after every other hook ran for the iteration.
-        # Its flag rides in the inner trainer's per-iteration vote; counts are summed before saving.
         before_save = [self.data_seen.synchronize] if self.data_seen is not None else []
         ret.append(
             PreemptionHook(
@@ -190,39 +152,26 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_model(cls, cfg):
-        """
-        Returns:
-            nn.Module: :func:`rethink_d2.modeling.build_model` (scratch checks included).
-        """
+        """:func:`rethink_d2.modeling.build_model`."""
         model = build_model(cfg)
         logger.debug("Model:\n%s", model)
         return model
 
     @classmethod
     def build_train_loader(cls, cfg):
-        """
-        Returns:
-            iterable: :func:`rethink_d2.data.build_train_loader` (subsets, sampler registry).
-        """
+        """:func:`rethink_d2.data.build_train_loader`."""
         return build_train_loader(cfg)
 
     @property
     def last_eval_results(self):
-        """
-        Returns:
-            dict or None: results of the latest evaluation during training (the final one once
-            :meth:`train` returned), as Detectron2's ``DefaultTrainer.test`` gives them.
-        """
+        """Results of the latest evaluation during training (as ``DefaultTrainer.test``), or
+        None."""
         return getattr(self, "_last_eval_results", None)
 
     @classmethod
     def test_with_tta(cls, cfg, model):
-        """
-        Evaluate ``model`` with test-time augmentation (``TEST.AUG``: flips and scales).
-
-        Returns:
-            OrderedDict: results keyed ``"<dataset>_TTA"``.
-        """
+        """Evaluate ``model`` with test-time augmentation (``TEST.AUG``); results keyed
+        ``"<dataset>_TTA"``."""
         logger.info("Running inference with test-time augmentation ...")
         model = GeneralizedRCNNWithTTA(cfg, model)
         evaluators = [
@@ -231,29 +180,26 @@ class Trainer(DefaultTrainer):
             )
             for name in cfg.DATASETS.TEST
         ]
-        results = cls.test(cfg, model, evaluators)
-        if len(cfg.DATASETS.TEST) == 1:
-            results = {cfg.DATASETS.TEST[0]: results}
+        results = results_by_dataset(cls.test(cfg, model, evaluators), cfg.DATASETS.TEST)
         return OrderedDict((name + "_TTA", res) for name, res in results.items())
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
-        """
-        Pick the evaluator from the dataset's ``evaluator_type`` metadata.
-
-        COCO AP is computed by :class:`rethink_d2.evaluation.FastCOCOEvaluator`: Detectron2's
-        compiled fast path, else faster-coco-eval, else pycocotools.
-
-        Returns:
-            DatasetEvaluator
-        """
+        """:class:`rethink_d2.evaluation.FastCOCOEvaluator` or Pascal VOC's, by the dataset's
+        ``evaluator_type`` metadata."""
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
-        if evaluator_type not in _EVALUATORS:
-            raise ConfigError(
-                f"dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; rethink-d2 "
-                f"evaluates {sorted(_EVALUATORS)}: remove it from DATASETS.TEST or set "
-                f"TEST.EVAL_PERIOD 0"
+        if evaluator_type == "coco":
+            # Tasks come from the config, not from the predictions: a model that predicts
+            # nothing yet (early in a scratch run) still reports segm/keypoint AP.
+            tasks = (
+                ("bbox",) + ("segm",) * cfg.MODEL.MASK_ON + ("keypoints",) * cfg.MODEL.KEYPOINT_ON
             )
-        return _EVALUATORS[evaluator_type](cfg, dataset_name, output_folder)
-
+            return FastCOCOEvaluator(dataset_name, tasks=tasks, output_dir=output_folder)
+        if evaluator_type == "pascal_voc":
+            return PascalVOCDetectionEvaluator(dataset_name)
+        raise ConfigError(
+            f"dataset {dataset_name!r} has evaluator_type {evaluator_type!r}; rethink-d2 "
+            f"evaluates ['coco', 'pascal_voc']: remove it from DATASETS.TEST or set "
+            f"TEST.EVAL_PERIOD 0"
+        )

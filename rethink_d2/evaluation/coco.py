@@ -1,77 +1,54 @@
 """COCO evaluation at compiled speed without Detectron2's compiled extension.
 
-Detectron2's ``COCOEvaluator(use_fast_impl=True)`` computes AP with ``COCOeval_opt``, which needs
-``detectron2._C``; wheels without it (such as the registry wheel this package installs) fall back
-to pure-Python pycocotools, which costs minutes per COCO val2017 evaluation, and a 6x run
-evaluates 54 times. :class:`FastCOCOEvaluator` is a ``COCOEvaluator`` that, in that case, runs
-``faster-coco-eval``'s ``COCOeval_faster`` (C++ per-image matching and accumulation, the same
-algorithm and results as pycocotools; ``benchmarks/eval_speed.py`` measures both).
-
-Which implementation computes AP (:func:`fast_coco_backend`):
-
-1. ``use_fast_impl=False``: pycocotools (Detectron2's "official" path);
-2. Detectron2's ``COCOeval_opt`` when ``detectron2._C`` is built (``COCOEvaluator`` unchanged);
-3. else ``faster-coco-eval`` for ``bbox`` and ``segm`` (keypoints and a custom
-   ``max_dets_per_image`` stay on Detectron2's own path);
-4. pycocotools when ``faster-coco-eval`` is not installed.
+Detectron2's ``COCOEvaluator`` computes AP with ``COCOeval_opt`` from ``detectron2._C``; wheels
+without it fall back to pure-Python pycocotools (minutes per val2017 evaluation, 54 times in a 6x
+run). :class:`FastCOCOEvaluator` then uses ``faster-coco-eval`` (same algorithm and results,
+C++) for ``bbox`` and ``segm``; keypoints and a custom ``max_dets_per_image`` stay on
+Detectron2's path. See docs/lsj.md.
 """
+
 import itertools
 import json
-import logging
 import os
 
 from detectron2.evaluation import COCOEvaluator
 from detectron2.evaluation import coco_evaluation as d2_coco_evaluation
 from detectron2.utils.file_io import PathManager
 
-__all__ = ["FastCOCOEvaluator", "evaluate_predictions_faster", "fast_coco_backend"]
-
-logger = logging.getLogger(__name__)
-
 # COCOeval's default maxDets; the only setting under which faster-coco-eval is used.
 _DEFAULT_MAX_DETS = [1, 10, 100]
 
 
-def _faster_coco_eval_installed():
-    try:
-        import faster_coco_eval  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def fast_coco_backend(use_fast_impl=True):
     """
-    The implementation that computes COCO box/mask AP in this environment.
-
-    Args:
-        use_fast_impl (bool): ``COCOEvaluator``'s option; False always means pycocotools.
-
     Returns:
-        str: ``"detectron2"`` (``COCOeval_opt`` from ``detectron2._C``), ``"faster-coco-eval"``
-        or ``"pycocotools"``.
+        str: what computes COCO box/mask AP here: ``"pycocotools"`` (always when
+        ``use_fast_impl`` is False, as in ``COCOEvaluator``), ``"detectron2"``
+        (``COCOeval_opt``) or ``"faster-coco-eval"``.
     """
     if not use_fast_impl:
         return "pycocotools"
     if d2_coco_evaluation.COCOeval_opt is not d2_coco_evaluation.COCOeval:
         return "detectron2"
-    return "faster-coco-eval" if _faster_coco_eval_installed() else "pycocotools"
+    try:
+        import faster_coco_eval  # noqa: F401
+    except ImportError:
+        return "pycocotools"
+    return "faster-coco-eval"
 
 
 def evaluate_predictions_faster(coco_gt, coco_results, iou_type, img_ids=None):
     """
-    COCO AP of ``coco_results`` with faster-coco-eval, as Detectron2's
-    ``_evaluate_predictions_on_coco`` computes it with pycocotools (mask AP uses the mask area).
+    COCO AP of ``coco_results`` (COCO-format, dataset category ids; not modified) with
+    faster-coco-eval, as Detectron2's ``_evaluate_predictions_on_coco`` computes it.
 
     Args:
         coco_gt (pycocotools.coco.COCO or faster_coco_eval.COCO): ground truth.
-        coco_results (list[dict]): COCO-format results, with dataset category ids; not modified.
         iou_type (str): ``"bbox"`` or ``"segm"``.
         img_ids (list[int] or None): evaluate only these images.
 
     Returns:
-        faster_coco_eval.COCOeval_faster: evaluated, accumulated and summarized; ``stats`` and
-        ``eval["precision"]`` are laid out as pycocotools' ``COCOeval``.
+        faster_coco_eval.COCOeval_faster: summarized, laid out as pycocotools' ``COCOeval``.
     """
     from faster_coco_eval import COCO, COCOeval_faster
 
@@ -96,15 +73,8 @@ def evaluate_predictions_faster(coco_gt, coco_results, iou_type, img_ids=None):
 
 class FastCOCOEvaluator(COCOEvaluator):
     """
-    Detectron2's ``COCOEvaluator`` with faster-coco-eval as the fast path when
-    ``detectron2._C`` is missing (see the module docstring). Same arguments, same results
-    (``self._results``, ``coco_instances_results.json``) as ``COCOEvaluator``.
-
-    Args:
-        dataset_name (str): as ``COCOEvaluator``.
-        *args: as ``COCOEvaluator``.
-        use_fast_impl (bool): False forces pycocotools, as in ``COCOEvaluator``.
-        **kwargs: as ``COCOEvaluator``.
+    Detectron2's ``COCOEvaluator`` (same arguments and results) that uses faster-coco-eval when
+    ``detectron2._C`` is missing; ``self.backend`` is :func:`fast_coco_backend`'s answer.
     """
 
     def __init__(self, dataset_name, *args, use_fast_impl=True, **kwargs):

@@ -1,11 +1,22 @@
-"""Cluster launch: scheduler environment (torchrun, Kubernetes, Slurm) -> train_net flags.
+"""Cluster launch: ``python -m rethink_d2.launch [train_net args...]`` runs ``tools/train_net.py``
+with the launch flags of the scheduler's environment (the Docker entry point, docs/cluster.md)."""
 
-``python -m rethink_d2.launch [train_net args...]`` runs ``tools/train_net.py`` with
-``--num-gpus --num-machines --machine-rank --dist-url`` taken from the environment; it is the
-Docker image's entry point (see docs/cluster.md).
-"""
+from .env import (
+    DEFAULT_MASTER_PORT,
+    LAUNCH_FLAGS,
+    check_master_addr,
+    check_slurm_layout,
+    detect_scheduler,
+    expand_slurm_nodelist,
+    launch_args_from_env,
+)
 
-from . import env
-from .env import *  # noqa: F401,F403 (the public names of the launch environment)
-
-__all__ = list(env.__all__)
+__all__ = [
+    "DEFAULT_MASTER_PORT",
+    "LAUNCH_FLAGS",
+    "check_master_addr",
+    "check_slurm_layout",
+    "detect_scheduler",
+    "expand_slurm_nodelist",
+    "launch_args_from_env",
+]

@@ -33,16 +33,7 @@ FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
 
 def find_train_net(environ):
-    """
-    Args:
-        environ (Mapping[str, str]): the environment.
-
-    Returns:
-        str: path of the train_net script to run.
-
-    Raises:
-        ConfigError: when the script does not exist.
-    """
+    """Path of the train_net script to run; ConfigError when it does not exist."""
     path = environ.get(TRAIN_NET_ENV_VAR) or os.path.join(
         os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
         "tools",
@@ -58,11 +49,7 @@ def find_train_net(environ):
 
 def retry_exit_code(environ):
     """
-    Args:
-        environ (Mapping[str, str]): the environment.
-
-    Returns:
-        int or None: ``$RETHINK_D2_RETRY_EXIT_CODE``, or None when it is unset or empty.
+    ``$RETHINK_D2_RETRY_EXIT_CODE`` as an int, or None when it is unset or empty.
 
     Raises:
         ConfigError: the value is not an exit code in [1, 255] other than 2.
@@ -80,15 +67,9 @@ def retry_exit_code(environ):
 
 def reported_exit_code(returncode, retry_code):
     """
-    The exit code the launcher reports for train_net's.
-
-    Args:
-        returncode (int): train_net's ``Popen.returncode`` (negative: killed by that signal).
-        retry_code (int or None): from :func:`retry_exit_code`.
-
-    Returns:
-        int: 0 and 2 (user error) unchanged; any other code becomes ``retry_code`` when it is
-        set, else stays (a death by signal N becomes ``128 + N``, as in a shell).
+    The exit code the launcher reports for train_net's ``Popen.returncode``: 0 and 2 (user
+    error) unchanged; any other becomes ``retry_code`` when it is not None, else stays (a death
+    by signal N becomes ``128 + N``, as in a shell).
     """
     if returncode in (0, EXIT_USER_ERROR):
         return returncode
@@ -98,16 +79,7 @@ def reported_exit_code(returncode, retry_code):
 
 
 def run_with_retry_code(command, retry_code):
-    """
-    Run ``command`` as a child, forwarding the preemption signals, and map its exit code.
-
-    Args:
-        command (list[str]): the train_net command.
-        retry_code (int): see :func:`reported_exit_code`.
-
-    Returns:
-        int: the exit code to report.
-    """
+    """Run ``command`` as a child, forwarding the preemption signals; return the code to report."""
     child = subprocess.Popen(command)
     previous = {
         sig: signal.signal(sig, lambda s, f: child.send_signal(s)) for sig in FORWARDED_SIGNALS
@@ -128,26 +100,13 @@ def run_with_retry_code(command, retry_code):
     return code
 
 
-def _given_flags(args):
-    """The launch flags present in ``args`` (as ``--flag value`` or ``--flag=value``)."""
-    return {flag for flag in LAUNCH_FLAGS for a in args if a == flag or a.startswith(flag + "=")}
-
-
 def merge_launch_args(mapped, user_args):
     """
-    Put the environment's launch flags in front of the user's arguments, minus those the user gave.
-
-    They go in front because train_net's trailing ``KEY VALUE`` overrides swallow everything
-    after them.
-
-    Args:
-        mapped (list[str]): from :func:`launch_args_from_env` (``--flag value`` pairs).
-        user_args (list[str]): train_net arguments from the command line.
-
-    Returns:
-        list[str]
+    The environment's launch flags ``mapped`` minus those in ``user_args`` (as ``--flag value``
+    or ``--flag=value``), followed by ``user_args``. They go in front because train_net's
+    trailing ``KEY VALUE`` overrides swallow everything after them.
     """
-    given = _given_flags(user_args)
+    given = {f for f in LAUNCH_FLAGS for a in user_args if a == f or a.startswith(f + "=")}
     pairs = zip(mapped[::2], mapped[1::2])
     return [item for flag, value in pairs if flag not in given for item in (flag, value)] + list(
         user_args
@@ -158,20 +117,6 @@ def _visible_gpus():
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def build_command(user_args, environ, gpus_per_node=None):
-    """
-    Args:
-        user_args (list[str]): train_net arguments.
-        environ (Mapping[str, str]): the environment.
-        gpus_per_node (int or None): processes per machine when the environment names none.
-
-    Returns:
-        list[str]: the full command (``python train_net.py ...``).
-    """
-    mapped = launch_args_from_env(environ, gpus_per_node=gpus_per_node)
-    return [sys.executable, find_train_net(environ)] + merge_launch_args(mapped, user_args)
 
 
 def main(argv=None):
@@ -197,7 +142,8 @@ def main(argv=None):
     try:
         retry_code = retry_exit_code(environ)
         gpus = own.gpus_per_node if own.gpus_per_node is not None else _visible_gpus()
-        command = build_command(user_args, environ, gpus_per_node=gpus or None)
+        mapped = launch_args_from_env(environ, gpus_per_node=gpus or None)
+        command = [sys.executable, find_train_net(environ)] + merge_launch_args(mapped, user_args)
     except ConfigError as e:
         return report_user_error(e)
     line = shlex.join(command)

@@ -1,24 +1,24 @@
-"""Scratch backbones, whole-detector normalization, init and the scratch guard.
+"""Scratch backbones, whole-detector normalization, init options and the scratch guard.
 
 Importing this package registers ``build_rethink_resnet_fpn_backbone`` (``BACKBONE_REGISTRY``) and
 ``NormKRCNNConvDeconvUpsampleHead`` (``ROI_KEYPOINT_HEAD_REGISTRY``).
 """
 
-# registered on import: the backbone builder (and, below, the keypoint head)
-from .backbone import build_rethink_resnet_fpn_backbone
-
-# model building, pre-build checks, init options
-from .build import build_model
-from .checks import check_model_config
-from .initialization import (
+from .backbone import (
     WeightStandardization,
     apply_weight_standardization,
+    build_model,
+    build_rethink_resnet_fpn_backbone,
     zero_init_residual,
 )
 from .keypoint_head import NormKRCNNConvDeconvUpsampleHead
-
-# config -> config transforms (called by rethink_d2.resolve_config)
-from .norms import NORM_CHOICES, apply_norm_config, regroup_group_norms, resolve_norm_names
+from .norms import (
+    NORM_CHOICES,
+    apply_norm_config,
+    check_model_config,
+    regroup_group_norms,
+    resolve_norm_names,
+)
 from .pretrained import (
     PRETRAINED_FORMATS,
     apply_pretrained_format,

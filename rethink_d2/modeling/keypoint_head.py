@@ -6,29 +6,17 @@ from detectron2.modeling.roi_heads import ROI_KEYPOINT_HEAD_REGISTRY
 from detectron2.modeling.roi_heads.keypoint_head import KRCNNConvDeconvUpsampleHead
 from torch import nn
 
-__all__ = ["NormKRCNNConvDeconvUpsampleHead"]
-
 
 @ROI_KEYPOINT_HEAD_REGISTRY.register()
 class NormKRCNNConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
     """
-    ``KRCNNConvDeconvUpsampleHead`` whose 3x3 convs are followed by a norm layer (and have no
-    bias then). The norm is the RoI-head norm, ``MODEL.ROI_BOX_HEAD.NORM``, since Detectron2 has
-    no ``ROI_KEYPOINT_HEAD.NORM`` key; ``rethink_d2.resolve_config`` selects this head when
-    ``MODEL.KEYPOINT_ON`` and ``RETHINK.NORM`` is set. Convs keep Detectron2's He init.
+    ``KRCNNConvDeconvUpsampleHead`` with a norm after each 3x3 conv (then bias-free): the
+    RoI-head norm ``MODEL.ROI_BOX_HEAD.NORM``, as Detectron2 has no ``ROI_KEYPOINT_HEAD.NORM``.
+    ``conv_norm=""`` is Detectron2's head unchanged. Convs keep Detectron2's He init.
     """
 
     @configurable
     def __init__(self, input_shape, *, num_keypoints, conv_dims, conv_norm="", **kwargs):
-        """
-        Args:
-            input_shape (ShapeSpec): shape of the input feature.
-            num_keypoints (int): number of keypoint heatmaps.
-            conv_dims (list[int]): output channels of each 3x3 conv.
-            conv_norm (str or callable): norm after each conv (see ``detectron2.layers.get_norm``);
-                "" gives Detectron2's head unchanged.
-            kwargs: passed to ``KRCNNConvDeconvUpsampleHead`` (loss weight / normalizer).
-        """
         super().__init__(input_shape, num_keypoints=num_keypoints, conv_dims=conv_dims, **kwargs)
         if not conv_norm:
             return
@@ -44,14 +32,6 @@ class NormKRCNNConvDeconvUpsampleHead(KRCNNConvDeconvUpsampleHead):
 
     @classmethod
     def from_config(cls, cfg, input_shape):
-        """
-        Args:
-            cfg (CfgNode): a resolved config.
-            input_shape (ShapeSpec): shape of the input feature.
-
-        Returns:
-            dict: Detectron2's keypoint-head arguments plus ``conv_norm``.
-        """
         ret = super().from_config(cfg, input_shape)
         ret["conv_norm"] = cfg.MODEL.ROI_BOX_HEAD.NORM
         return ret

@@ -1,27 +1,12 @@
-"""Input statistics and layout that match the initial weights (or their absence).
+"""Input settings that match the initial weights (or their absence): ``RETHINK.PRETRAINED_FORMAT``
+sets ``MODEL.PIXEL_MEAN``, ``MODEL.PIXEL_STD``, ``INPUT.FORMAT`` and ``MODEL.RESNETS.STRIDE_IN_1X1``
+together (table ``PRETRAINED_FORMATS``; all use the ImageNet mean in FORMAT's channel order).
 
-Every scratch config has a fair pre-trained counterpart: the same builders with ImageNet weights.
-The weights decide the pixel mean/std, the channel order and where the stride of a bottleneck
-block sits, so ``RETHINK.PRETRAINED_FORMAT`` sets ``MODEL.PIXEL_MEAN``, ``MODEL.PIXEL_STD``,
-``INPUT.FORMAT`` and ``MODEL.RESNETS.STRIDE_IN_1X1`` together:
-
-- "scratch": ``MODEL.WEIGHTS ""`` with ``RETHINK.SCRATCH``; BGR, ImageNet std,
-  STRIDE_IN_1X1 False (Detectron2's 9x scratch configs).
-- "msra": ``detectron2://`` or ``catalog://ImageNetPretrained/MSRA/...``; BGR, std [1, 1, 1],
-  STRIDE_IN_1X1 True.
-- "fair_caffe2": ``catalog://ImageNetPretrained/FAIR/...`` (e.g. R-50-GN); BGR, std [1, 1, 1],
-  STRIDE_IN_1X1 False.
-- "fair": ``detectron2://ImageNetPretrained/FAIR/...`` (e.g. X-101-32x8d.pkl); BGR, ImageNet std,
-  STRIDE_IN_1X1 False.
-- "torchvision": "torchvision" anywhere in the path, or a file named like
-  ``resnet50-0676ba61.pth``; RGB, ImageNet std, STRIDE_IN_1X1 False.
-
-All use the ImageNet mean (in the channel order of FORMAT). "scratch" is the setting of
-Detectron2's 9x scratch configs. ``"auto"`` picks the row from ``MODEL.WEIGHTS`` and leaves the
-four keys as written for anything else (e.g. a detector checkpoint); ``""`` never touches them.
-
-Torchvision checkpoints are renamed for Detectron2 by :func:`maybe_convert_torchvision_checkpoint`,
-which a checkpointer calls from its ``_load_file``.
+Formats: "scratch" (no weights, Detectron2's 9x scratch configs), "msra" (``detectron2://`` or
+``catalog://ImageNetPretrained/MSRA/...``), "fair_caffe2" (``catalog://ImageNetPretrained/FAIR/``,
+e.g. R-50-GN), "fair" (``detectron2://ImageNetPretrained/FAIR/...``), "torchvision" (in the path,
+or a file named like ``resnet50-0676ba61.pth``). ``"auto"`` detects it from ``MODEL.WEIGHTS`` and
+keeps the keys as written for anything else (e.g. a detector checkpoint); ``""`` never sets them.
 """
 
 import logging
@@ -32,12 +17,6 @@ from ..utils.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "PRETRAINED_FORMATS",
-    "detect_pretrained_format",
-    "apply_pretrained_format",
-    "maybe_convert_torchvision_checkpoint",
-]
 
 _MEAN_BGR = [103.53, 116.28, 123.675]
 _STD_BGR = [57.375, 57.12, 58.395]
@@ -57,13 +36,9 @@ _TORCHVISION_FILE = re.compile(r"^(resnet|resnext|wide_resnet)\d+[\w]*-[0-9a-f]{
 
 def detect_pretrained_format(weights, scratch):
     """
-    Args:
-        weights (str): ``MODEL.WEIGHTS``.
-        scratch (bool): ``RETHINK.SCRATCH``.
-
     Returns:
-        str or None: a key of ``PRETRAINED_FORMATS``, or None if the weights are not recognized
-        (their input settings are then left as written).
+        str or None: the key of ``PRETRAINED_FORMATS`` for ``MODEL.WEIGHTS`` ``weights`` and
+        ``RETHINK.SCRATCH`` ``scratch``, or None if the weights are not recognized.
     """
     if not weights:
         return "scratch" if scratch else None
@@ -80,17 +55,8 @@ def detect_pretrained_format(weights, scratch):
 
 def apply_pretrained_format(cfg):
     """
-    Set ``INPUT.FORMAT``, ``MODEL.PIXEL_MEAN``, ``MODEL.PIXEL_STD`` and
-    ``MODEL.RESNETS.STRIDE_IN_1X1`` from ``RETHINK.PRETRAINED_FORMAT`` (see the module docstring).
-
-    Args:
-        cfg (CfgNode): an unfrozen config with the ``RETHINK`` node; modified in place.
-
-    Returns:
-        CfgNode: the same ``cfg``.
-
-    Raises:
-        ConfigError: if ``RETHINK.PRETRAINED_FORMAT`` is not "auto", "" or a known format.
+    Set the input keys from ``RETHINK.PRETRAINED_FORMAT`` (see the module docstring); modifies
+    and returns ``cfg`` (unfrozen).
     """
     fmt = cfg.RETHINK.PRETRAINED_FORMAT
     if fmt == "":
@@ -118,11 +84,6 @@ def apply_pretrained_format(cfg):
     return cfg
 
 
-def _is_torchvision_resnet(state_dict):
-    keys = set(state_dict)
-    return {"conv1.weight", "bn1.weight"} <= keys and any(k.startswith("layer1.") for k in keys)
-
-
 _TV_STAGE = re.compile(r"^layer([1-4])\.")
 _TV_BN = re.compile(r"(^|\.)bn([1-3])\.")
 
@@ -139,26 +100,17 @@ def _torchvision_to_detectron2_name(name):
 
 def maybe_convert_torchvision_checkpoint(checkpoint):
     """
-    Rename a torchvision ResNet/ResNeXt state dict to Detectron2's ResNet names.
+    Rename the state dict (under "model") of a torchvision ResNet/ResNeXt checkpoint to
+    Detectron2's ResNet names; a checkpointer calls it from ``_load_file``. Anything else is
+    returned unchanged.
 
-    Pure function. ``conv1``/``bn1`` become ``stem.conv1``/``stem.conv1.norm``, ``layerN`` becomes
-    ``res{N+1}``, ``bnK`` becomes ``convK.norm``, ``downsample.0/1`` becomes
-    ``shortcut``/``shortcut.norm``; the classifier (``fc.*``) is dropped. Names carry no
-    ``backbone.bottom_up.`` prefix and ``matching_heuristics`` is set, as in Detectron2's own
-    ``tools/convert-torchvision-to-d2.py``: Detectron2's loader then matches them by suffix, so
-    the same file loads into a whole detector or into a bare backbone.
-
-    Args:
-        checkpoint (dict): what a checkpointer's ``_load_file`` returns, with the state dict
-            under "model".
-
-    Returns:
-        dict: a new dict with the renamed state dict, ``"__author__": "torchvision"`` and
-        ``"matching_heuristics": True`` if the state dict is in torchvision's ResNet layout;
-        otherwise ``checkpoint`` itself, unchanged.
+    ``fc.*`` is dropped. As in Detectron2's ``tools/convert-torchvision-to-d2.py``, names have no
+    ``backbone.bottom_up.`` prefix and ``matching_heuristics`` is set, so the file loads into a
+    detector or a bare backbone; the new dict also has ``"__author__": "torchvision"``.
     """
     state_dict = checkpoint.get("model") if isinstance(checkpoint, dict) else None
-    if not isinstance(state_dict, dict) or not _is_torchvision_resnet(state_dict):
+    keys = set(state_dict) if isinstance(state_dict, dict) else set()
+    if not {"conv1.weight", "bn1.weight"} <= keys or not any(k.startswith("layer1.") for k in keys):
         return checkpoint
     renamed = {
         _torchvision_to_detectron2_name(name): value

@@ -7,42 +7,23 @@ scratch runs lost ~3 AP that way.
 
 from ..utils.errors import ConfigError
 
-__all__ = ["check_scratch_config", "find_frozen_bn_keys"]
 
-
-def find_frozen_bn_keys(cfg, prefix=""):
-    """
-    Args:
-        cfg (CfgNode): a config (or one of its sub-nodes).
-        prefix (str): the dotted name of ``cfg`` (for recursion).
-
-    Returns:
-        list[str]: every key whose name ends in ``NORM`` and whose value is "FrozenBN".
-    """
+def _frozen_bn_keys(cfg, prefix=""):
+    """Every dotted key of ``cfg`` whose name ends in ``NORM`` and whose value is "FrozenBN"."""
     found = []
     for name, value in cfg.items():
-        key = f"{prefix}{name}"
         if isinstance(value, dict):
-            found.extend(find_frozen_bn_keys(value, prefix=key + "."))
+            found += _frozen_bn_keys(value, prefix=f"{prefix}{name}.")
         elif name.endswith("NORM") and value == "FrozenBN":
-            found.append(key)
+            found.append(f"{prefix}{name}")
     return found
 
 
 def check_scratch_config(cfg):
     """
-    With ``RETHINK.SCRATCH True`` (and ``RETHINK.SCRATCH_GUARD True``), refuse any setting that
-    loads weights or freezes layers: a non-empty ``MODEL.WEIGHTS``,
-    ``MODEL.BACKBONE.FREEZE_AT > 0``, or any ``*.NORM`` key set to "FrozenBN".
-
-    Args:
-        cfg (CfgNode): a config with the ``RETHINK`` node (normally resolved already, so that
-            ``RETHINK.NORM`` has replaced Detectron2's FrozenBN default).
-
-    Raises:
-        ConfigError: one line listing every offending key with the value to use instead, and the
-            two ways out (``RETHINK.SCRATCH False`` for a pre-trained run,
-            ``RETHINK.SCRATCH_GUARD False`` to train anyway).
+    With ``RETHINK.SCRATCH`` and ``RETHINK.SCRATCH_GUARD``, refuse a non-empty ``MODEL.WEIGHTS``,
+    ``MODEL.BACKBONE.FREEZE_AT > 0`` and any ``*.NORM`` key set to "FrozenBN", in one
+    ConfigError that lists every offending key and the ways out.
     """
     if not cfg.RETHINK.SCRATCH or not cfg.RETHINK.SCRATCH_GUARD:
         return
@@ -55,7 +36,7 @@ def check_scratch_config(cfg):
             f"MODEL.BACKBONE.FREEZE_AT={freeze_at} freezes the first {freeze_at} backbone "
             "stage(s) at their random values (set it to 0)"
         )
-    for key in find_frozen_bn_keys(cfg):
+    for key in _frozen_bn_keys(cfg):
         problems.append(
             f"{key}='FrozenBN' never updates its random statistics and affine parameters "
             "(set RETHINK.NORM to 'GN' or 'SyncBN' and call rethink_d2.resolve_config, "

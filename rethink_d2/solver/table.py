@@ -8,34 +8,28 @@ from ..config import add_rethink_config
 from ..utils.errors import ConfigError, report_user_error
 from .schedule import compute_schedule
 
-__all__ = ["schedule_table", "main"]
-
 
 def schedule_table(rows, cfg=None, dataset_images=118287):
     """
     A Markdown table of resolved schedules (the one in docs/schedules.md).
 
     Args:
-        rows (list[tuple]): ``(spec, images per iteration)`` or ``(spec, images per iteration,
-            mode)`` tuples; without a mode, ``RETHINK.SCHEDULE.MODE`` of ``cfg`` is used.
-        cfg (CfgNode or None): config whose ``RETHINK.SCHEDULE`` keys to use; ``None`` uses the
-            defaults of ``add_rethink_config``.
+        rows (list[tuple]): ``(spec, images per iteration[, mode])``; without a mode,
+            ``RETHINK.SCHEDULE.MODE`` of ``cfg`` is used.
+        cfg (CfgNode or None): config whose ``RETHINK.SCHEDULE`` keys to use (None: defaults).
         dataset_images (int): images per epoch for the epochs column (COCO train2017).
-
-    Returns:
-        str: the table, one line per row, with a header.
     """
     cfg = add_rethink_config(get_cfg()) if cfg is None else cfg.clone()
     cfg.defrost()
     cfg.SOLVER.WARMUP_ITERS = 0  # the table is about length; warm-up is kept as written anyway
+    default_mode = cfg.RETHINK.SCHEDULE.MODE
     lines = [
         "| spec | mode | images/iter | MAX_ITER | STEPS | BASE_LR | images seen | COCO epochs |",
         "|---|---|---:|---:|---|---:|---:|---:|",
     ]
     for spec, batch, *mode in rows:
-        keys = cfg.RETHINK.SCHEDULE.clone()
-        keys.MODE = mode[0] if mode else keys.MODE
-        s = compute_schedule(cfg, spec=spec, batch=batch, schedule_keys=keys)
+        cfg.RETHINK.SCHEDULE.MODE = mode[0] if mode else default_mode
+        s = compute_schedule(cfg, spec=spec, batch=batch)
         steps = ", ".join(f"{x:,}" for x in s.steps)
         lines.append(
             f"| {spec} | {s.mode} | {batch} | {s.max_iter:,} | {steps} | {s.base_lr:g} | "
@@ -54,18 +48,8 @@ _DOC_ROWS = [(f"{m}x", 16, "tail") for m in range(2, 10)] + [
 
 def main(argv=None):
     """
-    Print resolved schedules as a Markdown table.
-
-    ``python -m rethink_d2.solver`` prints the docs/schedules.md table (2x..9x at batch 16, 9x
-    at batch 64, Detectron2's proportional 1x); ``python -m rethink_d2.solver 6x 220kit
-    --batch 16 64 --opts RETHINK.SCHEDULE.MODE proportional`` prints chosen specs at chosen
-    batch sizes, with config overrides.
-
-    Args:
-        argv (list[str] or None): command line; ``None`` reads ``sys.argv[1:]``.
-
-    Returns:
-        int: exit code (2 on a bad spec or override).
+    Print resolved schedules as a Markdown table; return the exit code (2 on a bad spec or
+    override). Without specs: the docs/schedules.md table; else every spec at every ``--batch``.
     """
     parser = argparse.ArgumentParser(
         prog="python -m rethink_d2.solver", description="Print resolved schedules (Markdown)."

@@ -4,7 +4,7 @@ import sys
 
 
 class RethinkError(Exception):
-    """Base class of errors that ``tools/train_net.py`` prints as one line, without traceback."""
+    """Base class of errors that the entry points print as one line, without traceback."""
 
 
 class ConfigError(RethinkError, ValueError):
@@ -24,17 +24,6 @@ EXIT_USER_ERROR = 2
 
 
 def report_user_error(error):
-    """
-    Print ``error`` as the one line a user sees, ``rethink-d2: error: <error>``, on stderr.
-
-    Every entry point (``tools/*.py``, ``python -m rethink_d2.launch``, ``python -m
-    rethink_d2.solver``) reports user errors through this function.
-
-    Args:
-        error (Exception or str): what is wrong and how to fix it.
-
-    Returns:
-        int: :data:`EXIT_USER_ERROR`, the exit code to end with.
-    """
+    """Print ``rethink-d2: error: <error>`` on stderr and return :data:`EXIT_USER_ERROR`."""
     print(f"rethink-d2: error: {error}", file=sys.stderr, flush=True)
     return EXIT_USER_ERROR

@@ -1,13 +1,10 @@
-"""Files that other processes may read or write at the same time: one rule for each.
+"""Files that other processes may read or write at the same time.
 
-* :func:`atomic_write`: a reader sees the old file or the complete new one, never a prefix
-  (checkpoints, ``last_checkpoint``, subset jsons, manifests, run fingerprints);
-* :func:`file_lock`: one process at a time builds a shared cache entry (loader workers and
-  training processes start together);
+* :func:`atomic_write`: a reader sees the old file or the complete new one, never a prefix;
+* :func:`file_lock`: one process at a time builds a shared cache entry;
 * :func:`cache_root`: where rethink-d2 keeps what it can rebuild: ``$XDG_CACHE_HOME/rethink_d2``
-  (``~/.cache/rethink_d2``). The built-in data goes to ``<root>/shapes`` (``$RETHINK_D2_DATA``
-  moves the data root) and subset jsons to ``<root>/subsets`` (``$RETHINK_D2_CACHE`` moves the
-  cache root).
+  (``~/.cache/rethink_d2``): the built-in data in ``<root>/shapes`` (``$RETHINK_D2_DATA`` moves
+  it) and subset jsons in ``<root>/subsets`` (``$RETHINK_D2_CACHE`` moves them).
 """
 
 import contextlib
@@ -28,16 +25,9 @@ TEMP_FILE_RE = re.compile(r"^\..+\.\d+\.[0-9a-f]+\.tmp$")
 
 def atomic_write(path, write, binary=True):
     """
-    Write ``path`` so that it is at all times either absent/old or complete and new.
-
-    The content goes to a hidden temp file in the same directory, which is flushed, fsync-ed and
-    renamed over ``path`` (atomic on POSIX); the directory is then fsync-ed. A process killed
-    meanwhile leaves a temp file matching :data:`TEMP_FILE_RE`, never a partial ``path``.
-
-    Args:
-        path (str): final file name (a local path); its directory is created if needed.
-        write (callable): ``write(f)`` writes the content to the open file object ``f``.
-        binary (bool): open the temp file in binary mode.
+    Write ``path`` so that it is at all times either absent/old or complete and new: ``write(f)``
+    fills a hidden temp file of the same directory (created if needed), which is fsync-ed and
+    renamed over ``path``. A process killed meanwhile leaves a :data:`TEMP_FILE_RE` file.
     """
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
@@ -66,14 +56,7 @@ def atomic_write(path, write, binary=True):
 
 @contextlib.contextmanager
 def file_lock(lock_path):
-    """
-    Hold an exclusive lock on ``lock_path`` (created if missing) for the ``with`` block.
-
-    Serializes processes of one machine (``flock``); a no-op where ``fcntl`` is missing.
-
-    Raises:
-        OSError: the lock file cannot be created (e.g. an unwritable directory).
-    """
+    """Hold an exclusive ``flock`` on ``lock_path`` (created) for the block; no-op without fcntl."""
     with open(lock_path, "a") as f:
         if fcntl is not None:
             fcntl.flock(f, fcntl.LOCK_EX)
@@ -85,9 +68,6 @@ def file_lock(lock_path):
 
 
 def cache_root():
-    """
-    Returns:
-        str: ``$XDG_CACHE_HOME/rethink_d2``, default ``~/.cache/rethink_d2`` (absolute).
-    """
+    """``$XDG_CACHE_HOME/rethink_d2``, default ``~/.cache/rethink_d2`` (absolute)."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join("~", ".cache")
     return os.path.abspath(os.path.join(os.path.expanduser(base), "rethink_d2"))
