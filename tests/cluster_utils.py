@@ -31,8 +31,9 @@ def launch_gloo(worker, num_processes, args):
     """
     Run ``worker(*args)`` in ``num_processes`` gloo processes with Detectron2's ``launch``.
 
-    Each process leaves the process group when its worker returns: a process that exits with
-    gloo's threads still running can abort ("terminate called without an active exception").
+    Each process leaves the process group when its worker returns and then exits at once: gloo's
+    threads can abort the interpreter's teardown ("terminate called without an active
+    exception", pytorch/pytorch#190489), which would fail a test whose work is done.
     """
     launch(
         _leave_group_after,
@@ -44,7 +45,11 @@ def launch_gloo(worker, num_processes, args):
 
 def _leave_group_after(worker, *args):
     worker(*args)
+    dist.barrier()
     dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def free_port():

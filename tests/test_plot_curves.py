@@ -13,11 +13,8 @@ from PIL import Image
 from rethink_d2.data.shapes import ensure_shapes_dataset
 from rethink_d2.utils.curves import (
     best_ap,
-    comparison_rows,
     first_match_iteration,
-    format_rows,
     load_metrics,
-    pick_reference,
     plot_comparison,
     plot_single_run,
 )
@@ -117,22 +114,22 @@ def test_a_resumed_run_keeps_the_later_values(tmp_path):
 
 def test_reference_is_the_pretrained_run_unless_named(runs):
     scratch, pretrained = runs
-    assert pick_reference([scratch, pretrained]) is pretrained
-    assert pick_reference([scratch, pretrained], "scratch") is scratch
+    assert plot_curves.pick_reference([scratch, pretrained]) is pretrained
+    assert plot_curves.pick_reference([scratch, pretrained], "scratch") is scratch
     with pytest.raises(ConfigError, match="not one of the run labels"):
-        pick_reference([scratch, pretrained], "nope")
+        plot_curves.pick_reference([scratch, pretrained], "nope")
 
 
 def test_comparison_table(runs):
     scratch, pretrained = runs
-    rows = comparison_rows([scratch, pretrained], pretrained, tolerance=0.5)
+    rows = plot_curves.comparison_rows([scratch, pretrained], pretrained, 0.5, ["bbox", "segm"])
     by_key = {(r["task"], r["label"]): r for r in rows}
     assert by_key["bbox", "scratch"] == dict(
         task="bbox", label="scratch", best_ap=20.0, best_iter=39, match_iter=39
     )
     assert by_key["bbox", "pretrained"]["match_iter"] is None
     assert by_key["segm", "scratch"]["match_iter"] is None  # 12 < 15 - 0.5
-    text = format_rows(rows, "pretrained", 0.5)
+    text = plot_curves.format_rows(rows, "pretrained", 0.5)
     assert "matches pretrained best-0.5 at iter" in text
     assert re.search(r"bbox\s+scratch\s+20\.00\s+39\s+39", text)
     assert re.search(r"segm\s+pretrained\s+15\.00\s+19\s+\(reference\)", text)

@@ -16,14 +16,71 @@ config says RETHINK.SCRATCH False.
 import argparse
 import sys
 
-from rethink_d2.utils.curves import (
-    comparison_rows,
-    format_rows,
-    load_metrics,
-    pick_reference,
-    plot_comparison,
-)
+from rethink_d2.utils.curves import best_ap, first_match_iteration, load_metrics, plot_comparison
 from rethink_d2.utils.errors import ConfigError, RethinkError, report_user_error
+
+
+def comparison_rows(runs, reference, tolerance, tasks):
+    """
+    One dict per (task, run) of ``runs`` (``reference`` among them): ``best_ap``, ``best_iter``
+    and ``match_iter``, the first iteration within ``tolerance`` AP points of the reference's
+    best (None where missing, and for the reference itself).
+    """
+    rows = []
+    for task in tasks:
+        ref_best = best_ap(reference.ap_curve(task))
+        for run in runs:
+            curve = run.ap_curve(task)
+            best = best_ap(curve) or (None, None)
+            match = None
+            if run is not reference and ref_best is not None:
+                match = first_match_iteration(curve, ref_best[0], tolerance)
+            rows.append(
+                {
+                    "task": task,
+                    "label": run.label,
+                    "best_ap": best[0],
+                    "best_iter": best[1],
+                    "match_iter": match,
+                }
+            )
+    return rows
+
+
+def format_rows(rows, reference_label, tolerance):
+    """:func:`comparison_rows` as a fixed-width text table (AP with 2 decimals, "-" if missing)."""
+    header = ("task", "run", "best AP", "best at iter")
+    lines = [header + (f"matches {reference_label} best-{tolerance:g} at iter",)]
+    for r in rows:
+        match = "-" if r["match_iter"] is None else str(r["match_iter"])
+        lines.append(
+            (
+                r["task"],
+                r["label"],
+                "-" if r["best_ap"] is None else f"{r['best_ap']:.2f}",
+                "-" if r["best_iter"] is None else str(r["best_iter"]),
+                "(reference)" if r["label"] == reference_label else match,
+            )
+        )
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip() for line in lines
+    )
+
+
+def pick_reference(runs, label=None):
+    """
+    The run labelled ``label``; by default the first pre-trained run (``RETHINK.SCRATCH False``
+    in its config.yaml), else the first run.
+    """
+    if label is not None:
+        for run in runs:
+            if run.label == label:
+                return run
+        raise ConfigError(
+            f"--reference {label!r} is not one of the run labels {[r.label for r in runs]}"
+        )
+    return next((r for r in runs if r.scratch is False), runs[0])
 
 
 def build_parser():
