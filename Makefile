@@ -25,6 +25,9 @@ DETECTRON2_SOURCE ?= $(DETECTRON2_WHEEL)
 D2_DEPS := fvcore iopath pycocotools 'omegaconf>=2.1,<2.4' 'hydra-core>=1.1' yacs termcolor \
 	tabulate cloudpickle tqdm tensorboard matplotlib Pillow packaging 'setuptools<81' wheel \
 	shapely faster-coco-eval opencv-python-headless
+# Test processes (pytest-xdist; a test file stays in one process). Many tests wait on a
+# single-threaded subprocess, so two processes use both cores of a 2-core machine.
+TEST_WORKERS ?= 2
 DEMO_CONFIG := configs/quickstart/scratch_R18_GN_shapes.yaml
 DEMO_OUTPUT := output/demo
 STAMP := $(VENV)/.stamp
@@ -49,7 +52,7 @@ $(STAMP)-torch: $(STAMP)-python $(CONSTRAINTS)
 
 $(STAMP)-deps: $(STAMP)-torch $(CONSTRAINTS)
 	@echo "==> installing Detectron2's dependencies and test tools"
-	@$(PIP_INSTALL) -q $(D2_DEPS) 'pytest>=7' pytest-timeout \
+	@$(PIP_INSTALL) -q $(D2_DEPS) 'pytest>=7' pytest-timeout pytest-xdist \
 		|| { echo "ERROR: installing Detectron2's dependencies failed (see pip output above)" >&2; exit 1; }
 	@touch $@
 
@@ -83,7 +86,7 @@ demo: $(STAMP)-package
 		--output $(DEMO_OUTPUT)/predictions
 
 test: $(STAMP)-package
-	$(PY) -m pytest tests -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(PY) -m pytest tests -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -26,7 +26,7 @@ from rethink_d2.launch.__main__ import RETRY_EXIT_CODE_ENV_VAR, reported_exit_co
 DOCKER = os.path.join(REPO, "docker")
 CONSTRAINTS = "constraints.txt"
 # Installed by the Makefile for the test suite only: never in the image.
-TEST_TOOLS = {"pytest", "pytest-timeout"}
+TEST_TOOLS = {"pytest", "pytest-timeout", "pytest-xdist"}
 # Packages that put a compiler, headers or the CUDA toolkit into an image.
 BUILD_TOOLS = re.compile(
     r"\b(g\+\+|gcc|clang|make|cmake|ninja-build|build-essential|git|\S+-dev|cuda-toolkit\S*|"
