@@ -491,15 +491,12 @@ def subset_stats(num_images, instances, class_names):
 def dicts_stats(dataset_dicts, class_names=None):
     """:func:`subset_stats` of Detectron2 dataset dicts (contiguous ``category_id``)."""
     class_names = list(class_names or [])
+
+    def name(category_id):
+        return class_names[category_id] if 0 <= category_id < len(class_names) else str(category_id)
+
     instances = (
-        (
-            (
-                class_names[ann["category_id"]]
-                if 0 <= ann["category_id"] < len(class_names)
-                else str(ann["category_id"])
-            ),
-            ann.get("iscrowd", 0) != 0,
-        )
+        (name(ann["category_id"]), ann.get("iscrowd", 0) != 0)
         for record in dataset_dicts
         for ann in record.get("annotations", ())
         if "category_id" in ann
