@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from rethink_d2.utils.errors import ConfigError
+
 from conftest import QUICKSTART, REPO, TINY_OPTS
 
 _spec = importlib.util.spec_from_file_location("race", os.path.join(REPO, "tools", "race.py"))
@@ -51,7 +53,7 @@ def test_parse_recipe_splits_overrides_outside_brackets():
     ],
 )
 def test_parse_recipe_rejects_bad_syntax(text, message):
-    with pytest.raises(race.UserError, match=message):
+    with pytest.raises(ConfigError, match=message):
         race.parse_recipe(text)
 
 

@@ -48,7 +48,7 @@ from detectron2.engine import DefaultTrainer
 
 from rethink_d2.engine import build_config
 from rethink_d2.utils.curves import IMAGES_SEEN_KEY, TASK_TITLES, load_metrics, plot_comparison
-from rethink_d2.utils.errors import RethinkError, report_user_error
+from rethink_d2.utils.errors import ConfigError, RethinkError, report_user_error
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
@@ -56,15 +56,11 @@ RUN_RECORD = "race_run.json"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
-class UserError(Exception):
-    """A bad input of the race itself (not of one run): reported as one line, exit code 2."""
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse whose errors are the one line ``rethink-d2: error: ...`` (exit code 2)."""
 
     def error(self, message):
-        self.exit(2, f"rethink-d2: error: {message} (see tools/race.py --help)\n")
+        self.exit(report_user_error(f"{message} (see tools/race.py --help)"))
 
 
 @dataclass
@@ -107,7 +103,7 @@ def split_top_level(text, sep=","):
             pieces.append(text[start:i])
             start = i + 1
     if depth != 0 or quote:
-        raise UserError(f"unbalanced brackets or quotes in {text!r}")
+        raise ConfigError(f"unbalanced brackets or quotes in {text!r}")
     pieces.append(text[start:])
     return pieces
 
@@ -119,20 +115,22 @@ def parse_recipe(text):
     )
     name, eq, rest = text.partition("=")
     if not eq or not rest:
-        raise UserError(f"--recipe {text!r} has no NAME=CONFIG: {syntax}")
+        raise ConfigError(f"--recipe {text!r} has no NAME=CONFIG: {syntax}")
     if not _NAME_RE.match(name):
-        raise UserError(
+        raise ConfigError(
             f"--recipe name {name!r} must be letters, digits, '_', '.' or '-' (it names the "
             f"run directory): {syntax}"
         )
     config, _, opts = rest.partition(":")
     if not os.path.isfile(config):
-        raise UserError(f"--recipe {name}: config file {config!r} does not exist (check the path)")
+        raise ConfigError(
+            f"--recipe {name}: config file {config!r} does not exist (check the path)"
+        )
     overrides = []
     for item in split_top_level(opts) if opts else []:
         key, eq, value = item.partition("=")
         if not eq or not key.strip() or not value.strip():
-            raise UserError(f"--recipe {name}: override {item!r} is not KEY=VALUE: {syntax}")
+            raise ConfigError(f"--recipe {name}: override {item!r} is not KEY=VALUE: {syntax}")
         overrides += [key.strip(), value.strip()]
     return Recipe(name, config, overrides)
 
@@ -231,22 +229,22 @@ def build_parser():
 
 
 def check_args(args):
-    """Raise :class:`UserError` for option values out of range."""
+    """Raise :class:`ConfigError` for option values out of range."""
     if args.images <= 0:
-        raise UserError(f"--images must be > 0, got {args.images}")
+        raise ConfigError(f"--images must be > 0, got {args.images}")
     if args.evals <= 0:
-        raise UserError(f"--evals must be >= 1, got {args.evals}")
+        raise ConfigError(f"--evals must be >= 1, got {args.evals}")
     if len(set(args.seeds)) != len(args.seeds):
-        raise UserError(f"--seeds {args.seeds} repeats a seed: give distinct seeds")
+        raise ConfigError(f"--seeds {args.seeds} repeats a seed: give distinct seeds")
     if args.jobs < 1:
-        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+        raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
     if args.num_gpus < 1:
-        raise UserError(f"--num-gpus must be >= 1, got {args.num_gpus}")
+        raise ConfigError(f"--num-gpus must be >= 1, got {args.num_gpus}")
     for name, json_file, image_root in args.dataset:
         if not os.path.isfile(json_file):
-            raise UserError(f"--dataset {name}: annotation file {json_file!r} does not exist")
+            raise ConfigError(f"--dataset {name}: annotation file {json_file!r} does not exist")
         if not os.path.isdir(image_root):
-            raise UserError(f"--dataset {name}: image directory {image_root!r} does not exist")
+            raise ConfigError(f"--dataset {name}: image directory {image_root!r} does not exist")
 
 
 def _resolve(recipe, opts, args, context):
@@ -259,7 +257,7 @@ def _resolve(recipe, opts, args, context):
         cfg = build_config(recipe.config, opts, world_size=args.num_gpus, datasets=args.dataset)
         return DefaultTrainer.auto_scale_workers(cfg, args.num_gpus)
     except RethinkError as e:
-        raise UserError(f"recipe {recipe.name}{context}: {e}") from None
+        raise ConfigError(f"recipe {recipe.name}{context}: {e}") from None
     finally:
         package_logger.setLevel(level)
 
@@ -276,14 +274,14 @@ def plan_runs(recipes, args):
         cfg = _resolve(recipe, recipe.overrides, args, "")
         batch = cfg.SOLVER.IMS_PER_BATCH
         if not cfg.DATASETS.TEST:
-            raise UserError(
+            raise ConfigError(
                 f"recipe {recipe.name}: DATASETS.TEST is empty, nothing to evaluate: add "
                 f'DATASETS.TEST=("NAME",) to the recipe'
             )
         if args.images % (batch * args.evals):
             unit = batch * args.evals
             near = max(unit, round(args.images / unit) * unit)
-            raise UserError(
+            raise ConfigError(
                 f"recipe {recipe.name}: --images {args.images} is not a multiple of --evals "
                 f"{args.evals} x SOLVER.IMS_PER_BATCH {batch} = {unit}, so its evaluations "
                 f"cannot fall on the common points: use e.g. --images {near}"
@@ -308,7 +306,7 @@ def plan_runs(recipes, args):
         fit += ["SOLVER.MAX_ITER", str(max_iter), "SOLVER.STEPS", steps]
         final = _resolve(recipe, recipe.overrides + fit, args, f" fitted to --images {args.images}")
         if final.SOLVER.MAX_ITER * final.SOLVER.IMS_PER_BATCH != args.images:
-            raise UserError(
+            raise ConfigError(
                 f"recipe {recipe.name}: resolves to {final.SOLVER.MAX_ITER} iterations x "
                 f"{final.SOLVER.IMS_PER_BATCH} images, not --images {args.images} (is "
                 f"SOLVER.REFERENCE_WORLD_SIZE rescaling it? set it to 0)"
@@ -533,9 +531,11 @@ def main(argv=None):
         recipes = [parse_recipe(text) for text in args.recipe]
         names = [r.name for r in recipes]
         if len(set(names)) != len(names):
-            raise UserError(f"recipe names {names} are not unique: name each --recipe differently")
+            raise ConfigError(
+                f"recipe names {names} are not unique: name each --recipe differently"
+            )
         plans = plan_runs(recipes, args)
-    except UserError as e:
+    except RethinkError as e:
         return report_user_error(e)
     for plan in plans:
         print(f"[{plan.recipe.name} seed {plan.seed}] python {shell_command(plan)}", flush=True)
