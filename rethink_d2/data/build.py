@@ -24,7 +24,7 @@ from detectron2.utils import comm
 from torch.utils.data import Sampler
 
 from .augmentation import build_train_mapper
-from .samplers import DETECTRON2_CFG_SAMPLERS, SAMPLER_REGISTRY, build_train_sampler, order_seed
+from .samplers import build_train_sampler, order_seed
 from .subsets import register_subset_datasets, write_run_manifest
 
 logger = logging.getLogger(__name__)
@@ -306,13 +306,9 @@ def build_resumable_sampler(cfg, dataset):
     Returns:
         ResumableSampler or None: None for the samplers Detectron2's loader builds from cfg.
     """
-    name = cfg.DATALOADER.SAMPLER_TRAIN
-    if name in DETECTRON2_CFG_SAMPLERS and name not in SAMPLER_REGISTRY:
-        return None
     seed = order_seed(cfg)
     if seed is None:
         seed = int(comm.shared_random_seed())
-    logger.info(f"Using training sampler {name} (order seed {seed})")
 
     def sampler_of_seed(seed):
         seeded = cfg.clone()
@@ -320,7 +316,11 @@ def build_resumable_sampler(cfg, dataset):
         seeded.SEED = seed
         return build_train_sampler(seeded, dataset)
 
-    return ResumableSampler(sampler_of_seed, seed)
+    sampler = sampler_of_seed(seed)
+    if sampler is None:
+        return None
+    logger.info(f"Using training sampler {cfg.DATALOADER.SAMPLER_TRAIN} (order seed {seed})")
+    return ResumableSampler(sampler_of_seed, seed, sampler)
 
 
 def grouped_stream_position(stream, is_wide, batch_size, num_batches):

@@ -85,9 +85,9 @@ def coco_eligible_ids(coco):
     """
 
     def usable(ann):
-        segm = ann.get("segmentation")
         if ann.get("iscrowd", 0) != 0:
             return False
+        segm = ann.get("segmentation")
         if segm and isinstance(segm, list):
             return any(len(poly) % 2 == 0 and len(poly) >= 6 for poly in segm)
         return True

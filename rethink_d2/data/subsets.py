@@ -609,9 +609,9 @@ def write_run_manifest(cfg, sampler=None):
         DatasetError: the file already records other images (e.g. a resumed run whose config
         now names another subset). An identical file is left untouched.
     """
-    entries = {n: get_subset_record(n) for n in cfg.DATASETS.TRAIN if get_subset_record(n)}
-    if getattr(sampler, "record", None) is not None:
-        entries["SubsetTrainingSampler"] = sampler.record
+    records = {name: get_subset_record(name) for name in cfg.DATASETS.TRAIN}
+    records[cfg.DATALOADER.SAMPLER_TRAIN] = getattr(sampler, "record", None)
+    entries = {name: record for name, record in records.items() if record is not None}
     if not entries or not comm.is_main_process():
         return None
     path = os.path.join(cfg.OUTPUT_DIR, MANIFEST_NAME)

@@ -143,8 +143,9 @@ def _check_schedule_overrides(cfg, cli_keys):
     spec = str(cfg.RETHINK.SCHEDULE.SPEC).strip()
     if not spec:
         return
-    owned = schedule_owned_values(compute_schedule(cfg))
-    for key in sorted(cli_keys & set(owned)):
+    clashing = sorted(cli_keys & set(schedule_owned_values(compute_schedule(cfg))))
+    if clashing:
+        key = clashing[0]
         raise ConfigError(
             f"{key} on the command line would be overwritten by RETHINK.SCHEDULE.SPEC={spec!r}, "
             f"which owns it: set {_SPEC_OWNED_KEYS[key]} instead, or add "

@@ -12,6 +12,7 @@ from detectron2.utils import comm
 
 from ..utils.errors import ConfigError
 from ..utils.files import atomic_write
+from .checkpoint import CHECKPOINT_TAG
 
 FINGERPRINT_FILE = "run_fingerprint.json"
 # Keys (and key prefixes) that a resumed run may change without becoming another run.
@@ -47,7 +48,7 @@ def default_output_dir(config_file, configs_root):
 
 def has_checkpoint(output_dir):
     """Whether ``output_dir`` holds a checkpoint to resume (Detectron2's tag file)."""
-    return os.path.isfile(os.path.join(output_dir, "last_checkpoint"))
+    return os.path.isfile(os.path.join(output_dir, CHECKPOINT_TAG))
 
 
 def _flatten(node, prefix=""):
