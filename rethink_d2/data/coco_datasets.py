@@ -5,7 +5,6 @@ writes it), so a run's dumped ``config.yaml`` re-registers its data for ``--eval
 ``--resume`` and ``tools/predict.py``. Subset names (``NAME@0.5``) work on these datasets too.
 """
 
-import json
 import os
 from collections import namedtuple
 
@@ -13,6 +12,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
 from ..utils.errors import DatasetError
+from .coco_fast import read_coco_json
 from .subsets import is_subset_name, parse_subset_name
 
 __all__ = ["CocoCategories", "read_coco_categories", "register_coco_datasets"]
@@ -44,17 +44,7 @@ def read_coco_categories(name, json_file, image_root):
     key = (os.path.abspath(json_file), stat.st_mtime_ns, stat.st_size, os.path.abspath(image_root))
     if key in _CHECKED:
         return _CHECKED[key]
-    try:
-        with open(json_file) as f:
-            data = json.load(f)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise DatasetError(f"{where}: {json_file!r} is not valid JSON ({e})") from None
-    fields = ("images", "annotations", "categories")
-    if not isinstance(data, dict) or any(not isinstance(data.get(k), list) for k in fields):
-        raise DatasetError(
-            f"{where}: {json_file!r} is not a COCO instances file (it needs the lists "
-            f"'images', 'annotations' and 'categories')"
-        )
+    data = read_coco_json(json_file, where)
     if not data["categories"] or any("id" not in c or "name" not in c for c in data["categories"]):
         raise DatasetError(
             f"{where}: {json_file!r} has no categories, or one without 'id' and 'name'"

@@ -68,11 +68,10 @@ def read_coco_json(json_file, dataset="the dataset"):
             "regenerate it"
         ) from e
     keys = ("images", "annotations", "categories")
-    missing = [k for k in keys if k not in coco] if isinstance(coco, dict) else list(keys)
-    if missing:
+    if not isinstance(coco, dict) or any(not isinstance(coco.get(k), list) for k in keys):
         raise DatasetError(
-            f"annotation file '{json_file}' of {dataset} is not in COCO format (missing "
-            f"{missing}); use a COCO instances json"
+            f"annotation file '{json_file}' of {dataset} is not a COCO instances file (it needs "
+            "the lists 'images', 'annotations' and 'categories')"
         )
     return coco
 
